@@ -1,0 +1,1 @@
+"""panst3r package."""

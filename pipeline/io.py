@@ -1,0 +1,99 @@
+"""Small, shared file helpers: atomic writes and label PNGs.
+
+Every output of the project goes through `atomic_path` / `atomic_dir` so that a killed run never
+leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "InputError",
+    "atomic_path",
+    "atomic_dir",
+    "write_json",
+    "read_png",
+    "write_png",
+]
+
+
+class InputError(Exception):
+    """Bad user input. The message is one line that names the file and the fix."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it onto `path`, on failure delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `path` (old content removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label or colour PNG as a numpy array (16-bit PNGs keep their values)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as e:  # PIL raises many types on corrupt files
+        raise InputError(f"{path}: cannot read image ({e}); re-export it as a valid PNG/JPEG") from None
+    return arr
+
+
+def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Write uint8 (grey or RGB) or uint16 (grey, labels) PNG atomically."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint16:
+        if arr.ndim != 2:
+            raise ValueError("uint16 PNGs must be single-channel")
+        im = Image.fromarray(arr)  # PIL picks mode I;16 for uint16
+    elif arr.dtype == np.uint8:
+        im = Image.fromarray(arr)
+    else:
+        raise ValueError(f"write_png needs uint8 or uint16, got {arr.dtype}")
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
