@@ -1,0 +1,64 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipeline.io import InputError
+from pipeline.table import aggregate, format_markdown, load_benchmark, plot_bars
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_load_benchmark_finds_and_skips(tmp_path):
+    (tmp_path / "scannet" / "scene0050_02").mkdir(parents=True)
+    (tmp_path / "replica" / "room_0").mkdir(parents=True)
+    scenes, published, missing = load_benchmark(REPO / "configs/panlift.yaml", tmp_path)
+    assert [(s.dataset, s.scene_id) for s in scenes] == [("replica", "room_0"), ("scannet", "scene0050_02")]
+    # 25 benchmark scenes in all (12 ScanNet + 7 Replica + 6 Hypersim): 23 missing, one line each
+    assert len(missing) == 23 and all(l.startswith("skipping ") for l in missing)
+    assert published["PanSt3R + LUDVIG"] == {"hypersim": 66.3, "replica": 60.6, "scannet": 67.5}
+    unconfirmed = [s for s in load_benchmark(REPO / "configs/panlift.yaml", tmp_path)[0] if s.unconfirmed]
+    assert unconfirmed == []
+
+
+def test_hypersim_unconfirmed_marked():
+    import yaml
+
+    spec = yaml.safe_load((REPO / "configs/panlift.yaml").read_text())
+    hs = spec["datasets"]["hypersim"]["scenes"]
+    assert len(hs) == 6 and sum(bool(s.get("unconfirmed")) for s in hs) == 3
+    assert len(spec["datasets"]["scannet"]["scenes"]) == 12 and len(spec["datasets"]["replica"]["scenes"]) == 7
+
+
+def test_load_benchmark_errors(tmp_path):
+    with pytest.raises(InputError, match="data root does not exist"):
+        load_benchmark(REPO / "configs/panlift.yaml", tmp_path / "nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("foo: 1\n")
+    with pytest.raises(InputError, match="datasets"):
+        load_benchmark(bad, tmp_path)
+
+
+def test_aggregate_is_mean_of_scene_pq_and_excludes_failures():
+    rows = [
+        {"dataset": "a", "scene": "s1", "pq": 0.5, "sq": 0.8, "rq": 0.6, "miou": 0.7, "segmenter_pq": 0.4, "psnr": 25.0},
+        {"dataset": "a", "scene": "s2", "pq": 0.7, "sq": 0.9, "rq": 0.8, "miou": float("nan"), "segmenter_pq": None, "psnr": 27.0},
+        {"dataset": "a", "scene": "s3", "error": "exit 2: boom"},
+        {"dataset": "b", "scene": "t1", "pq": 0.25, "sq": 1.0, "rq": 0.25, "miou": 0.5, "segmenter_pq": 0.2, "psnr": 20.0},
+    ]
+    agg = aggregate(rows)
+    assert agg["a"]["pq"] == pytest.approx(0.6)
+    assert agg["a"]["miou"] == pytest.approx(0.7)  # NaN ignored
+    assert agg["a"]["segmenter_pq"] == pytest.approx(0.4)
+    assert agg["a"]["num_scenes"] == 2 and agg["a"]["num_failed"] == 1
+    assert agg["b"]["pq"] == pytest.approx(0.25)
+    md = format_markdown(rows, agg, {"X": {"a": 50.0, "b": 40.0}}, ["a", "b"])
+    assert "| X (published) | 50.0 | 40.0 |" in md
+    assert "| **ours: uplift (LUDVIG)** | 60.0 | 25.0 |" in md
+    assert "failed: exit 2: boom" in md
+
+
+def test_plot_bars_writes_png(tmp_path):
+    plot_bars(tmp_path / "t.png", {"a": {"pq": 0.6}}, {"X": {"a": 50.0}}, ["a"])
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
