@@ -1,0 +1,8 @@
+"""`python -m pipeline ...`: see pipeline/cli.py."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The one command line: `python -m pipeline SUBCOMMAND ...` ties every package together.
+
+`run` is parsed in two stages (CONFIG.yaml into the dataclasses, then tyro applies `--section.field value`
+overrides on top), so it is dispatched before tyro sees the other subcommands; everything else is a tyro
+subcommand whose flags and help come from the function signature and docstring. Each subcommand imports its
+package lazily: `--help` and `doctor` stay fast and work even when a heavy dependency is broken.
+
+Bad input anywhere raises `InputError`; it is printed here as one line `error: ...` with exit code 2 and no
+traceback (`--debug` or PIPELINE_DEBUG=1 shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Literal, Optional
+
+import tyro
+from tyro.conf import Positional
+
+from .io import InputError
+
+__all__ = ["main", "run_command", "demo_command"]
+
+STAGE_NAMES = ("segment", "splat", "uplift", "render", "evaluate", "render_then_segment")
+_RUN_PROG = "python -m pipeline run CONFIG.yaml"
+
+
+def _take_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """Remove `flag VALUE` / `flag=VALUE` from args; return (value, remaining)."""
+    out, value, i = [], None, 0
+    while i < len(args):
+        a = args[i]
+        if a == flag:
+            if i + 1 >= len(args):
+                raise InputError(f"{flag} needs a value: one of {', '.join(STAGE_NAMES)}")
+            value = args[i + 1]
+            i += 2
+            continue
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            out.append(a)
+        i += 1
+    return value, out
+
+
+def run_command(args: list[str], quiet: bool = False):
+    """`run CONFIG.yaml [--from STAGE] [--section.field value ...]`."""
+    from .config import parse_run_args
+    from .run import run_pipeline
+
+    from_stage, args = _take_flag(list(args), "--from")
+    if not args or args[0] in ("-h", "--help"):
+        config = None
+        if args and args[0] in ("-h", "--help"):
+            parse_run_args(None, ["--help"], prog=_RUN_PROG)  # exits after printing help
+        raise InputError("run needs a config file: python -m pipeline run CONFIG.yaml [--section.field value ...] "
+                         "(see configs/demo.yaml)")
+    config, rest = args[0], args[1:]
+    if config.startswith("-"):
+        raise InputError(f"run needs the config file first, got {config!r}: python -m pipeline run CONFIG.yaml [overrides]")
+    if from_stage is not None and from_stage not in STAGE_NAMES:
+        raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_NAMES)}")
+    cfg = parse_run_args(config, rest, prog=_RUN_PROG)
+    return run_pipeline(cfg, from_stage=from_stage, quiet=quiet)
+
+
+# ------------------------------------------------------------------------------------------------
+# tyro subcommands (functions: their signature is the CLI, their docstring the help)
+# ------------------------------------------------------------------------------------------------
+
+
+def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: int = 0) -> None:
+    """Generate a synthetic PanLift-layout scene with simulated segmenter outputs (panoptic_consistent/).
+
+    Args:
+        out_dir: Folder to write the scene into.
+        preset: tiny (for tests, seconds) or demo (the `make demo` scene).
+        seed: Random seed; the same seed gives the same scene.
+    """
+    from . import synth as _synth
+
+    _synth.synth_command(out_dir, preset=preset, seed=seed)
+
+
+def eval(scene: Path, pred: Path, json: Optional[Path] = None) -> None:  # noqa: A001 - the subcommand's name
+    """Score predictions with scene-level PQ exactly as the PanLift benchmark does.
+
+    Args:
+        scene: PanLift scene folder (splits.json, rs_semantics/, rs_instance/).
+        pred: Folder with pred_semantics/<stem>.png and pred_surrogateid/<stem>.png for the test frames.
+        json: Also write the full result (per-class numbers included) to this JSON file.
+    """
+    from .metrics import eval_command
+
+    eval_command(scene, pred, json)
+
+
+def run(config: Positional[Path], from_: Optional[Literal["segment", "splat", "uplift", "render", "evaluate",
+                                                          "render_then_segment"]] = None) -> None:
+    """Run the staged pipeline (segment -> splat -> uplift -> render -> evaluate) described by CONFIG.yaml.
+
+    Any field of the config can be overridden: `--scene.path DIR --segment.kind simulated --output.dir DIR
+    --splat.train.iterations 300 ...`; `python -m pipeline run CONFIG.yaml --help` lists them all. Stages whose
+    manifest matches are skipped; `--from STAGE` recomputes from that stage on.
+
+    Args:
+        config: YAML run config (see configs/).
+        from_: Recompute from this stage on, even if its manifest matches.
+    """
+    raise AssertionError("`run` is dispatched before tyro")  # pragma: no cover
+
+
+def demo_command(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] = "demo", quiet: bool = False):
+    """Generate the synthetic demo scene (if absent) under OUT and run configs/demo.yaml on it.
+
+    Uses the SIMULATED segmenter (GT with synthetic noise) and the CPU; prints the summary and the report path.
+
+    Args:
+        out: Run directory; the scene goes to OUT/scene.
+        preset: Synthetic scene preset.
+        quiet: Print nothing but errors.
+    """
+    from .config import CONFIGS_DIR, parse_run_args
+    from .run import run_pipeline
+
+    scene_dir = Path(out) / "scene"
+    if not (scene_dir / "splits.json").is_file():
+        from . import synth as _synth
+
+        _synth.synth_command(scene_dir, preset=preset, seed=0)
+    config = CONFIGS_DIR / "demo.yaml"
+    cfg = parse_run_args(config, ["--scene.path", str(scene_dir), "--output.dir", str(out)])
+    return run_pipeline(cfg, quiet=quiet)
+
+
+def demo(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] = "demo") -> None:
+    """Generate the synthetic demo scene (if absent) and run the full pipeline on it with the SIMULATED segmenter.
+
+    Args:
+        out: Run directory; the scene goes to OUT/scene.
+        preset: Synthetic scene preset (tiny for a seconds-long smoke run).
+    """
+    demo_command(out, preset)
+
+
+def doctor() -> None:
+    """Check the environment: torch, CUDA, gsplat, transformers, local model weights, and what each stage needs."""
+    from .doctor import doctor_command
+
+    doctor_command()
+
+
+def view(run_dir: Positional[Path], port: int = 8080, host: str = "127.0.0.1", max_seconds: Optional[float] = None) -> None:
+    """Serve a run's labelled Gaussians in the browser (viser): colour by RGB / instance / class.
+
+    Args:
+        run_dir: A run directory (uses uplift/labelled.ply, else splat/gaussians.ply).
+        port: Port to serve on.
+        host: Interface to bind (0.0.0.0 to share on the network).
+        max_seconds: Stop after this many seconds (default: until Ctrl-C).
+    """
+    from .viewer import view_command
+
+    view_command(run_dir, port=port, host=host, max_seconds=max_seconds)
+
+
+def export(run_dir: Positional[Path], out: Optional[Path] = None) -> None:
+    """Export labelled PLYs of a run (one PLY of all Gaussians with labels, one per instance) via uplift.export.
+
+    Args:
+        run_dir: A run directory whose uplift stage finished.
+        out: Output folder (default RUN_DIR/export).
+    """
+    from .export_run import export_run
+
+    export_run(run_dir, out)
+
+
+def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None, workers: int = 2) -> None:
+    """Run every PanLift benchmark scene found under DATA_ROOT and print ours next to the published table.
+
+    Args:
+        config: Benchmark config (configs/panlift.yaml).
+        data_root: Folder with <dataset>/<scene>/ in the PanLift layout.
+        out: Output folder (default runs/panlift_table).
+        workers: Scenes run in parallel (each as its own `pipeline run` process).
+    """
+    from .table import table_command
+
+    table_command(config, data_root, out=out, workers=workers)
+
+
+def _segment_entry():
+    """The PanSt3R segmenter's own CLI (panst3r.cli), if the package provides it."""
+    try:
+        from panst3r.cli import SegmentArgs, segment_command
+    except Exception as e:  # not written yet / broken install: keep the other subcommands working
+        reason = f"{type(e).__name__}: {e}"
+
+        def segment(images: Path, checkpoint: Path, out: Path) -> None:
+            """Segment a folder of images with PanSt3R (multi-view consistent panoptic masks)."""
+            raise InputError(f"the PanSt3R segmenter is not available ({reason}); run `python -m pipeline doctor`")
+
+        return segment
+
+    def segment(args: SegmentArgs) -> None:
+        """Segment a folder of images with PanSt3R in one multi-view pass (consistent instance ids)."""
+        segment_command(args)
+
+    import typing
+
+    segment.__annotations__ = {"args": typing.Annotated[SegmentArgs, tyro.conf.arg(name="")], "return": None}
+    return segment
+
+
+def _subcommands() -> dict:
+    return {
+        "synth": synth,
+        "eval": eval,
+        "segment": _segment_entry(),
+        "doctor": doctor,
+        "run": run,
+        "demo": demo,
+        "view": view,
+        "export": export,
+        "table": table,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("PIPELINE_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        if argv and argv[0] == "run":
+            run_command(argv[1:])
+            return 0
+        tyro.extras.subcommand_cli_from_dict(_subcommands(), args=argv, prog="python -m pipeline",
+                                             description="Multi-view panoptic 3D: PanSt3R segmentation, Gaussian "
+                                                         "splatting, LUDVIG uplifting, PanLift scene-PQ evaluation.")
+        return 0
+    except InputError as e:
+        if debug:
+            traceback.print_exc()
+        msg = " ".join(str(e).split())
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

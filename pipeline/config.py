@@ -1,0 +1,404 @@
+"""`scene.yaml` <-> dataclass configs for `python -m pipeline run`.
+
+A run config is plain YAML mapped onto the dataclasses below (nothing pickled), so it can be diffed, versioned
+and written back next to the results. Parsing is two-stage: `load_config(CONFIG.yaml)` builds the dataclasses,
+then `tyro.cli(RunConfig, default=loaded, args=rest)` applies `--section.field value` overrides; tyro turns the
+per-field docstrings into `--help`.
+
+The splat section is a preset name plus overrides of `splat.train.TrainConfig`: the preset is resolved first
+(from the command line if given there, else from the YAML), then the YAML's `splat.train` keys, then the
+command line. The written `config.yaml` holds the fully resolved values, so loading it again gives the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .io import InputError, atomic_path
+
+__all__ = [
+    "SceneSection",
+    "SegmentSection",
+    "SplatSection",
+    "UpliftSection",
+    "RenderSection",
+    "EvaluateSection",
+    "OutputSection",
+    "RunConfig",
+    "STAGE_SECTIONS",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "parse_run_args",
+    "write_config",
+    "section_hash",
+    "project_version",
+    "git_commit",
+    "CONFIGS_DIR",
+]
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _splat_defaults():
+    from splat.train import PRESETS, TrainConfig
+
+    return PRESETS, TrainConfig
+
+
+_PRESETS, _TrainConfig = _splat_defaults()
+
+
+@dataclass
+class SceneSection:
+    """Which posed images to work on."""
+
+    path: Optional[Path] = None
+    """Scene folder: PanLift layout (color/, pose/, intrinsic/, splits.json) or a nerfstudio transforms.json folder."""
+    format: Literal["auto", "panlift", "nerfstudio"] = "auto"
+    """Scene layout; auto detects it from the folder's content."""
+
+
+@dataclass
+class SegmentSection:
+    """Where the multi-view-consistent 2D panoptic masks come from."""
+
+    kind: Literal["simulated", "precomputed", "panst3r"] = "simulated"
+    """simulated: the synthetic scene's panoptic_consistent/ maps (GT with synthetic noise, NOT a real model);
+    precomputed: a folder of semantics/<stem>.png (uint8) + instance/<stem>.png (uint16, ids consistent across
+    views); panst3r: run the PanSt3R segmenter on the train images."""
+    path: Optional[Path] = None
+    """simulated/precomputed: the folder holding semantics/ and instance/ (simulated defaults to
+    SCENE/panoptic_consistent)."""
+    checkpoint: Optional[Path] = None
+    """panst3r: checkpoint file (.pth) of the PanSt3R model."""
+    vocabulary: str = "panlift"
+    """panst3r: class vocabulary the masks are labelled with (PanLift's 21 classes by default)."""
+    merge: str = "qubo"
+    """panst3r: mask-merging method (qubo = the paper's QUBO selection; standard = Mask2Former-style)."""
+    keyframes: int = 0
+    """panst3r: number of keyframes for the multi-view pass (0 = the segmenter's default)."""
+    include_test: bool = False
+    """panst3r: also segment the test images in the same multi-view pass, to score the segmenter directly on
+    test views (uses the real test images; the paper's segmenter row runs on 3DGS renders instead)."""
+
+
+@dataclass
+class SplatSection:
+    """3D Gaussian splatting with the panoptic-colour regulariser (splat.train)."""
+
+    preset: str = "demo"
+    """Named TrainConfig preset from splat.train.PRESETS; the fields under `train` override it."""
+    train: _TrainConfig = field(default_factory=lambda: _preset_config("demo"))  # type: ignore[valid-type]
+    """Training hyper-parameters (resolved: preset + overrides)."""
+
+
+@dataclass
+class UpliftSection:
+    """LUDVIG uplifting of the 2D instance masks onto the Gaussians."""
+
+    ignore_label: int = 0
+    """Instance id whose pixels cast no vote (0 = void / unlabelled)."""
+    chunk: int = 64
+    """Number of instance channels accumulated per rasterisation pass (memory vs passes)."""
+    top_k: int = 200
+    """Keep at most this many instances (the largest by total weight); PanSt3R's m = 200."""
+    fallback: Literal["void", "nearest"] = "void"
+    """Label of Gaussians no training pixel ever voted for: void, or the label of the nearest voted Gaussian."""
+
+
+@dataclass
+class RenderSection:
+    """Which poses to render the uplifted labels at."""
+
+    poses: Literal["test", "train", "all"] = "test"
+    """Frames to render: the scene's test split (what evaluation scores), train split, or all frames."""
+    scale: float = 1.0
+    """Render resolution as a fraction of the scene images' resolution (predictions are evaluated as written)."""
+
+
+@dataclass
+class EvaluateSection:
+    """Scene-level panoptic quality (PanLift protocol) against the scene's GT."""
+
+    enabled: bool = True
+    """Evaluate when the scene has GT labels for its test frames."""
+
+
+@dataclass
+class OutputSection:
+    """Where results go."""
+
+    dir: Path = Path("runs/default")
+    """Run directory: one folder per stage, config.yaml, metrics.json, report.html."""
+
+
+@dataclass
+class RunConfig:
+    """A full pipeline run: segment -> splat -> uplift -> render -> evaluate (+ render-then-segment)."""
+
+    scene: SceneSection = field(default_factory=SceneSection)
+    segment: SegmentSection = field(default_factory=SegmentSection)
+    splat: SplatSection = field(default_factory=SplatSection)
+    uplift: UpliftSection = field(default_factory=UpliftSection)
+    render: RenderSection = field(default_factory=RenderSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    render_then_segment: Literal["auto", "on", "off"] = "auto"
+    """Also render RGB at the test poses and run the image segmenter on the renders (the paper's alternative (i));
+    auto = when the segmenter can segment images (panst3r), on = required, off = never."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Compute device; auto = CUDA when available."""
+    output: OutputSection = field(default_factory=OutputSection)
+
+
+# Which config sections each stage's cached result depends on (its manifest's config_hash).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "segment": ("scene", "segment"),
+    "splat": ("scene", "splat", "device"),
+    "uplift": ("uplift", "device"),
+    "render": ("render", "device"),
+    "evaluate": ("evaluate",),
+    "render_then_segment": ("render_then_segment", "segment", "device"),
+}
+
+_SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_CLASSES = {
+    "scene": SceneSection,
+    "segment": SegmentSection,
+    "splat": SplatSection,
+    "uplift": UpliftSection,
+    "render": RenderSection,
+    "evaluate": EvaluateSection,
+    "output": OutputSection,
+}
+
+
+def _preset_config(name: str):
+    if name not in _PRESETS:
+        raise InputError(f"unknown splat preset {name!r}; use one of {', '.join(sorted(_PRESETS))}")
+    preset = _PRESETS[name]
+    return dataclasses.replace(preset) if dataclasses.is_dataclass(preset) else _TrainConfig(**preset)
+
+
+# ------------------------------------------------------------------------------------------------
+# dict <-> dataclass
+# ------------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, typ: Any, where: str, source: str) -> Any:
+    """YAML scalar -> the field's type (paths become Path, ints stay ints, literals are checked)."""
+    import typing
+
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if value is None:
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)) and type(None) in args:
+            return None
+        raise InputError(f"{source}: {where} must not be empty")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", object)):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where, source)
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"{source}: {where} is {value!r}; use one of {', '.join(map(str, args))}")
+        return value
+    if typ is Path or typ == "Path":
+        return Path(str(value))
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{source}: {where} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: {where} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{source}: {where} must be a number, got {value!r}")
+        return float(value)
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        return origin(value)
+    return value
+
+
+def _fill(cls, base, data: dict, where: str, source: str):
+    """Return `base` (an instance of dataclass `cls`) with the keys of `data` applied; unknown keys are errors."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: '{where}' must be a mapping of field: value, got {type(data).__name__}")
+    updates = {}
+    for key, value in data.items():
+        if key not in names:
+            near = ", ".join(sorted(names))
+            raise InputError(f"{source}: unknown key '{where}.{key}' (valid keys of '{where}': {near})".replace("'.", "'"))
+        typ = hints[key]
+        sub = getattr(base, key)
+        if dataclasses.is_dataclass(sub) and not isinstance(sub, type):
+            updates[key] = _fill(type(sub), sub, value, f"{where}.{key}".lstrip("."), source)
+        else:
+            updates[key] = _coerce(value, typ, f"{where}.{key}".lstrip("."), source)
+    return dataclasses.replace(base, **updates)
+
+
+def config_from_dict(data: dict | None, source: str = "<config>", preset: str | None = None) -> RunConfig:
+    """Build a RunConfig from a parsed YAML mapping; `preset` (from the command line) wins over the YAML's."""
+    data = dict(data or {})
+    for meta in ("version", "git_commit"):  # written by write_config; informative only
+        data.pop(meta, None)
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: top level must be a mapping of sections")
+    splat = data.get("splat") or {}
+    if not isinstance(splat, dict):
+        raise InputError(f"{source}: 'splat' must be a mapping (preset: NAME, train: {{field: value}})")
+    name = preset or splat.get("preset", "demo")
+    if name not in _PRESETS:
+        raise InputError(f"{source}: unknown splat preset {name!r}; use one of {', '.join(sorted(_PRESETS))}")
+    base = RunConfig(splat=SplatSection(preset=name, train=_preset_config(name)))
+    splat_rest = {k: v for k, v in splat.items() if k != "preset"}
+    data["splat"] = splat_rest
+    cfg = _fill(RunConfig, base, data, "", source)
+    return dataclasses.replace(cfg, splat=dataclasses.replace(cfg.splat, preset=name))
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """Plain, YAML-safe mapping of every resolved field."""
+    return _plain(cfg)
+
+
+def load_config(path: str | Path, preset: str | None = None) -> RunConfig:
+    """Read CONFIG.yaml into a RunConfig (unknown keys are one-line errors naming the key and the file)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found; pass a YAML file such as configs/demo.yaml") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; pass a YAML config file such as configs/demo.yaml") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    if data is not None and not isinstance(data, dict):
+        raise InputError(f"{path}: top level must be a mapping of sections (scene:, segment:, splat:, ...)")
+    return config_from_dict(data, str(path), preset)
+
+
+def _scan_flag(args: list[str], flag: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _choice_flags(cls, prefix: str = "") -> dict[str, tuple[str, tuple]]:
+    """--flag (underscore and hyphen spellings) -> (field path, allowed values) for every Literal field."""
+    import typing
+
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(typ):
+            out.update(_choice_flags(typ, path + "."))
+        elif typing.get_origin(typ) is Literal:
+            for spelling in {path, path.replace("_", "-")}:
+                out["--" + spelling] = (path, typing.get_args(typ))
+    return out
+
+
+def _check_choices(rest: list[str]) -> None:
+    """A bad value for a choice field is one clear line (tyro's own message is a multi-line box)."""
+    flags = _choice_flags(RunConfig)
+    for i, a in enumerate(rest):
+        name, _, val = a.partition("=")
+        if name in flags:
+            value = val if _ else (rest[i + 1] if i + 1 < len(rest) else None)
+            path, allowed = flags[name]
+            if value is not None and value not in allowed:
+                raise InputError(f"{name} {value!r} is not valid; use one of {', '.join(map(str, allowed))} ({path})")
+
+
+def parse_run_args(config_path: str | Path | None, rest: list[str], prog: str = "python -m pipeline run CONFIG.yaml") -> RunConfig:
+    """Two-stage parse: CONFIG.yaml -> dataclasses, then `tyro.cli(RunConfig, default=loaded, args=rest)`."""
+    import tyro
+
+    _check_choices(rest)
+    preset = _scan_flag(rest, "--splat.preset")
+    loaded = load_config(config_path, preset) if config_path is not None else config_from_dict({}, "<defaults>", preset)
+    return tyro.cli(RunConfig, default=loaded, args=rest, prog=prog,
+                    description="Run the staged pipeline; every field of CONFIG.yaml can be overridden here. "
+                                "Extra flags of `run`: --from STAGE (recompute from STAGE on), --debug (tracebacks).")
+
+
+# ------------------------------------------------------------------------------------------------
+# provenance, hashing, writing
+# ------------------------------------------------------------------------------------------------
+
+
+def project_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with '-dirty' when tracked files changed), or None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def section_hash(cfg: RunConfig, sections: tuple[str, ...], extra: dict | None = None) -> str:
+    """sha256 of the named sections' resolved values (the part of the config a stage's result depends on)."""
+    d = config_to_dict(cfg)
+    payload = {s: d[s] for s in sections}
+    if extra:
+        payload["_extra"] = extra
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config with the project version and git commit; skip if the content is unchanged."""
+    path = Path(path)
+    data = {"version": project_version(), "git_commit": git_commit(), **config_to_dict(cfg)}
+    text = yaml.safe_dump(data, sort_keys=False)
+    if path.is_file() and path.read_text() == text:
+        return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path

@@ -1,0 +1,243 @@
+"""`python -m pipeline run`: validate, then run the stages in order, cache-aware, and summarise.
+
+Everything that can be checked before work starts (scene readable, segmenter inputs present, device) is
+checked before the run directory is touched, so bad input never leaves a half-written stage folder. One run
+directory is used by one process at a time (a lock file), which makes removing a killed run's temporary
+folders safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import time
+from pathlib import Path
+
+from .config import RunConfig, write_config
+from .io import InputError, write_json
+from .scene import load_scene
+from .stages import (
+    STAGE_ORDER,
+    STAGES,
+    HashCache,
+    StageContext,
+    StageResult,
+    cleanup_stale,
+    resolve_device,
+    rts_skip_reason,
+    run_stage,
+    segmenter_can_segment_images,
+    validate_segment_inputs,
+)
+
+__all__ = ["run_pipeline", "absolute_paths", "collect_metrics", "print_summary", "RunOutcome"]
+
+
+class RunOutcome:
+    """What a run produced: per-stage results, the metrics dict and the report path."""
+
+    def __init__(self, run_dir: Path, results: list[StageResult], metrics: dict, report: Path | None, wall_s: float):
+        self.run_dir, self.results, self.metrics, self.report, self.wall_s = run_dir, results, metrics, report, wall_s
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{run_dir}: another `pipeline run` is using this run directory; wait for it or pick "
+                             "another --output.dir") from None
+        yield
+    finally:
+        fh.close()
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Resolve the config's paths so config.yaml and the report work from any working directory."""
+    def ab(p):
+        return None if p is None else Path(p).expanduser().resolve()
+
+    return dataclasses.replace(
+        cfg,
+        scene=dataclasses.replace(cfg.scene, path=ab(cfg.scene.path)),
+        segment=dataclasses.replace(cfg.segment, path=ab(cfg.segment.path), checkpoint=ab(cfg.segment.checkpoint)),
+        output=dataclasses.replace(cfg.output, dir=ab(cfg.output.dir)),
+    )
+
+
+def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
+    if cfg.scene.path is None:
+        raise InputError("scene.path is not set; pass --scene.path DIR (a PanLift or nerfstudio scene folder)")
+    if from_stage is not None and from_stage not in STAGE_ORDER:
+        raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_ORDER)}")
+    scene = load_scene(cfg.scene.path, cfg.scene.format)
+    if not scene.train:
+        raise InputError(f"{scene.root}: the split has no train frames")
+    device = resolve_device(cfg.device)
+    if cfg.render_then_segment == "on" and not segmenter_can_segment_images(cfg.segment.kind):
+        raise InputError(f"render_then_segment is on but the {cfg.segment.kind} segmenter cannot segment rendered "
+                         "images; use --segment.kind panst3r or --render-then-segment auto")
+    return scene, device
+
+
+def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, quiet: bool = False) -> RunOutcome:
+    """Run (or resume) every stage of `cfg` in its output directory; return the outcome."""
+    from rich.console import Console
+
+    console = console or Console(stderr=False, quiet=quiet)
+    t0 = time.perf_counter()
+    cfg = absolute_paths(cfg)
+    scene, device = _validate(cfg, from_stage)
+    run_dir = Path(cfg.output.dir)
+    ctx = StageContext(cfg=cfg, scene=scene, run_dir=run_dir, device=device,
+                       hashes=HashCache(run_dir / ".cache" / "hashes.json"), console=console, quiet=quiet)
+    validate_segment_inputs(ctx)
+    why_no_rts = rts_skip_reason(cfg)
+    results: list[StageResult] = []
+    with _run_lock(run_dir):
+        for p in cleanup_stale(run_dir):
+            console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
+        write_config(cfg, run_dir / "config.yaml")
+        console.print(f"run dir {run_dir}  ·  scene {scene.root} ({len(scene.train)} train / {len(scene.test)} test)"
+                      f"  ·  segmenter {cfg.segment.kind}{' (SIMULATED)' if cfg.segment.kind == 'simulated' else ''}"
+                      f"  ·  device {device}")
+        forced = False
+        for name in STAGE_ORDER:
+            forced = forced or name == from_stage
+            if name == "render_then_segment" and why_no_rts is not None and cfg.render_then_segment != "off":
+                console.print(f"render_then_segment skipped: {why_no_rts}")
+            console.print(f"[bold]{name}[/bold] …", end="")
+            res = run_stage(STAGES[name], ctx, force=forced)
+            results.append(res)
+            if res.status == "cached":
+                console.print(" [dim]cached (manifest matches)[/dim]")
+            else:
+                console.print(f" done in {res.wall_s:.1f} s")
+        metrics = collect_metrics(run_dir)
+        changed = _write_if_changed(run_dir / "metrics.json", metrics)
+        report = _report(run_dir, changed or not (run_dir / "report.html").is_file(), console)
+    outcome = RunOutcome(run_dir, results, metrics, report, time.perf_counter() - t0)
+    print_summary(outcome, console)
+    return outcome
+
+
+def _write_if_changed(path: Path, obj: dict) -> bool:
+    try:
+        if json.loads(path.read_text()) == json.loads(json.dumps(obj)):
+            return False
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    write_json(path, obj)
+    return True
+
+
+def _report(run_dir: Path, regenerate: bool, console) -> Path | None:
+    html = run_dir / "report.html"
+    if not regenerate:
+        return html
+    try:
+        from .report import write_report
+
+        return write_report(run_dir)
+    except Exception as e:  # the results are complete without the report; say why it is missing
+        console.print(f"[yellow]report not written: {type(e).__name__}: {e}[/yellow]")
+        return None
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def collect_metrics(run_dir: Path) -> dict:
+    """RUN_DIR/metrics.json from the stage folders (the layout in CONTRIBUTING.md)."""
+    run_dir = Path(run_dir)
+    out: dict = {}
+    ev = run_dir / "evaluate"
+    for key in ("uplift", "segmenter_on_test"):
+        m = _read(ev / f"{key}.json")
+        if m is not None:
+            out[key] = m
+    if (ev / "skipped.txt").is_file():
+        out["evaluate_skipped"] = (ev / "skipped.txt").read_text().strip()
+    rts = run_dir / "render_then_segment"
+    if (rts / "skipped.txt").is_file():
+        out["render_then_segment"] = {"skipped": (rts / "skipped.txt").read_text().strip()}
+    elif _read(rts / "eval.json") is not None:
+        out["render_then_segment"] = _read(rts / "eval.json")
+    seg_info = _read(run_dir / "segment" / "info.json") or {}
+    out["segmenter_kind"] = seg_info.get("kind")
+    splat = _read(run_dir / "splat" / "manifest.json") or {}
+    sinfo = splat.get("info", {})
+    out["psnr"] = sinfo.get("psnr")
+    out["num_gaussians"] = sinfo.get("num_gaussians")
+    timings, rss = {}, {}
+    for name in STAGE_ORDER:
+        m = _read(run_dir / name / "manifest.json")
+        if m is not None:
+            timings[name] = m.get("wall_s")
+            rss[name] = m.get("peak_rss_mb")
+    out["timings_s"] = timings
+    out["peak_rss_mb"] = rss
+    return out
+
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def print_summary(outcome: RunOutcome, console) -> None:
+    """One table: per-stage status and time, then the scores side by side, then the report path."""
+    from rich.table import Table
+
+    m = outcome.metrics
+    st = Table(title=f"pipeline run · {outcome.run_dir}", show_lines=False)
+    for col in ("stage", "status", "wall (s)", "peak RSS (MB)", "note"):
+        st.add_column(col, justify="left" if col in ("stage", "status", "note") else "right")
+    for r in outcome.results:
+        info = r.manifest.get("info", {}) if r.manifest else {}
+        note = ""
+        if r.name == "segment":
+            note = f"{info.get('kind', '')}{' (SIMULATED)' if info.get('simulated') else ''}, {info.get('num_instances', '?')} instances"
+        elif r.name == "splat" and info:
+            bits = []
+            if info.get("num_gaussians") is not None:
+                bits.append(f"{info['num_gaussians']:,} Gaussians")
+            if info.get("psnr") is not None:
+                bits.append(f"test PSNR {info['psnr']:.2f} dB")
+            note = ", ".join(bits)
+        elif "skipped" in info:
+            note = f"skipped: {info['skipped']}"
+        st.add_row(r.name, r.status, f"{r.manifest.get('wall_s', 0):.1f}", f"{r.manifest.get('peak_rss_mb', 0):.0f}", note)
+    console.print(st)
+    rows = [("uplift (LUDVIG, test poses)", m.get("uplift")),
+            (f"{m.get('segmenter_kind') or 'segmenter'}{' (SIMULATED)' if m.get('segmenter_kind') == 'simulated' else ''}"
+             " directly on test views", m.get("segmenter_on_test")),
+            ("render-then-segment", m.get("render_then_segment"))]
+    rows = [(k, v) for k, v in rows if isinstance(v, dict) and "pq" in v]
+    if rows:
+        t = Table(title="scene-level panoptic quality (PanLift protocol, ×100)")
+        for col in ("predictions", "PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU"):
+            t.add_column(col, justify="left" if col == "predictions" else "right")
+        for name, v in rows:
+            t.add_row(name, *(_pct(v.get(k)) for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou")))
+        console.print(t)
+    elif m.get("evaluate_skipped"):
+        console.print(f"no evaluation: {m['evaluate_skipped']}")
+    extra = []
+    if m.get("psnr") is not None:
+        extra.append(f"test PSNR {m['psnr']:.2f} dB")
+    if m.get("num_gaussians") is not None:
+        extra.append(f"{m['num_gaussians']:,} Gaussians")
+    extra.append(f"total {outcome.wall_s:.1f} s")
+    console.print(" · ".join(extra))
+    if outcome.report is not None:
+        console.print(f"report: {outcome.report}")
