@@ -131,7 +131,7 @@ class _Codes:
             return
         kmin, kmax = int(key.min()), int(key.max())
         span = kmax - kmin + 1
-        if span <= max(4 * key.size, 1 << 20):  # O(M) counting
+        if span <= max(1 << 20, min(4 * key.size, 1 << 24)):  # O(M) counting, at most 16 M bins
             self.kmin = kmin
             if kmin != 0:
                 self.key = key = key - kmin
@@ -269,21 +269,21 @@ def _pq_columns(pc, pi, gc, gi, things: Iterable[int], stuff: Iterable[int]) -> 
 
     n_cat = len(cats)
     cat_index = {c: k for k, c in enumerate(cats)}
-    lut_len = void_cls + 1
-    cat_lut = np.full(lut_len, -1, np.int64)
-    cat_lut[cats_a] = np.arange(n_cat)
+    def cat_of(cls: np.ndarray) -> np.ndarray:  # category class ids -> index into `cats`
+        return np.searchsorted(cats_a, cls)
+
     iou_sum = np.zeros(n_cat, np.float64)
     tp = np.zeros(n_cat, np.int64)
-    hit_cat = cat_lut[G_cls[cg[hit]]]
+    hit_cat = cat_of(G_cls[cg[hit]])
     np.add.at(iou_sum, hit_cat, iou[hit].astype(np.float64))
     np.add.at(tp, hit_cat, 1)
 
     # FN: unmatched GT segments unless mostly (> 0.5, strict) predicted as VOID.
     fn_mask = ~matched_g & ~g_is_void & ~(_f32_ratio(inter_with_pred_void, G_area) > _F32_HALF)
-    fn = np.bincount(cat_lut[G_cls[fn_mask]], minlength=n_cat)[:n_cat] if n_cat else np.zeros(0, np.int64)
+    fn = np.bincount(cat_of(G_cls[fn_mask]), minlength=n_cat)[:n_cat] if n_cat else np.zeros(0, np.int64)
     # FP: unmatched predicted segments unless mostly (> 0.5, strict) over GT VOID.
     fp_mask = ~matched_p & ~p_is_void & ~(_f32_ratio(inter_with_gt_void, P_area) > _F32_HALF)
-    fp = np.bincount(cat_lut[P_cls[fp_mask]], minlength=n_cat)[:n_cat] if n_cat else np.zeros(0, np.int64)
+    fp = np.bincount(cat_of(P_cls[fp_mask]), minlength=n_cat)[:n_cat] if n_cat else np.zeros(0, np.int64)
 
     den = tp + 0.5 * fp + 0.5 * fn  # exact in float64
     with np.errstate(divide="ignore", invalid="ignore"):

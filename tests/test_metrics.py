@@ -355,6 +355,24 @@ def test_matches_plain_loop_reference(seed):
         assert math.isnan(r.pq)
 
 
+def test_many_segments_match_reference():
+    # every predicted pixel its own chair id: millions of (pred, GT) segment pairs -> the sorting path
+    from pipeline.classes import STUFF_IDS, THING_IDS
+
+    rng = np.random.default_rng(11)
+    m = 3000
+    gc = np.where(rng.random(m) < 0.7, CHAIR, WALL)
+    G = np.stack([gc, np.where(gc == CHAIR, rng.integers(0, 1500, m), 0)], 1)
+    P = np.stack([gc, np.arange(m)], 1)
+    P[:100, 1] = 5  # one larger predicted segment
+    r = panoptic_quality(P, G)
+    cats, th, tp, fp, fn, pq, sq, rq = reference_pq(P, G, THING_IDS, STUFF_IDS)
+    for c in cats:
+        k = r.per_class[c]
+        assert (k.tp, k.fp, k.fn, k.pq, k.sq, k.rq) == (tp[c], fp[c], fn[c], pq[c], sq[c], rq[c])
+    assert r.per_class[CHAIR].fp > 1000
+
+
 def test_large_and_negative_ids_take_the_sorting_path():
     rng = np.random.default_rng(7)
     P, G = random_scene(rng, 2000)
