@@ -181,8 +181,13 @@ def _texture(rng: np.random.Generator, k: int, hue0: float, shape: str, half: np
         p = float(rng.uniform(0.2, 0.35))
         tex.update(period=p, phases=_box_checks_phase(rng, half, p))
     elif kind == "gradient":
-        gd = np.array([0.0, 0.0, 1.0]) if rng.random() < 0.5 else d
-        tex.update(direction=gd.tolist(), extent=float(max(2 * float(np.abs(gd) @ half), 0.2)))
+        # tilted so that no face (a box top, say) sees a constant; a gentle wave keeps small faces informative
+        gd = d * np.array([1.0, 1.0, 0.5]) + np.sign(d) * 0.3
+        gd /= np.linalg.norm(gd)
+        w = rng.normal(size=3)
+        w *= rng.uniform(1 / 0.6, 1 / 0.35) / np.linalg.norm(w)
+        tex.update(direction=gd.tolist(), extent=float(max(2 * float(np.abs(gd) @ half), 0.2)),
+                   wave=w.tolist(), wave_phase=float(rng.uniform(0, 6.3)))
     else:
         waves = rng.normal(size=(4, 3))
         waves /= np.linalg.norm(waves, axis=1, keepdims=True)
@@ -502,7 +507,8 @@ def _eval_texture(tex: dict, q: np.ndarray) -> np.ndarray:
             f = f * np.tanh(5.0 * np.sin(np.pi * q[:, a] / tex["period"] + tex["phases"][a]))
         s = 0.5 + 0.5 * f
     elif kind == "gradient":
-        s = np.clip(0.5 + (q @ np.asarray(tex["direction"])) / tex["extent"], 0.0, 1.0)
+        s = 0.5 + 0.8 * (q @ np.asarray(tex["direction"])) / tex["extent"]
+        s = np.clip(s + 0.15 * np.sin(2 * np.pi * (q @ np.asarray(tex["wave"])) + tex["wave_phase"]), 0.0, 1.0)
     else:
         w = np.asarray(tex["waves"])
         s = 0.5 + 0.5 * np.mean(np.sin(2 * np.pi * (q @ w.T) + np.asarray(tex["phases"])), axis=1) * 1.6
