@@ -103,16 +103,18 @@ class SplatSection:
 
 @dataclass
 class UpliftSection:
-    """LUDVIG uplifting of the 2D instance masks onto the Gaussians."""
+    """LUDVIG uplifting of the 2D instance masks onto the Gaussians (uplift.ludvig)."""
 
     ignore_label: int = 0
     """Instance id whose pixels cast no vote (0 = void / unlabelled)."""
     chunk: int = 64
-    """Number of instance channels accumulated per rasterisation pass (memory vs passes)."""
-    top_k: int = 200
-    """Keep at most this many instances (the largest by total weight); PanSt3R's m = 200."""
-    fallback: Literal["void", "nearest"] = "void"
-    """Label of Gaussians no training pixel ever voted for: void, or the label of the nearest voted Gaussian."""
+    """Instance channels per rasterisation pass, in uplifting and label rendering (memory vs passes)."""
+    top_k: Optional[int] = None
+    """Keep only the k best instances per Gaussian (memory N*k instead of N*K); None = keep all (dense)."""
+    fallback: Literal["nearest", "void"] = "nearest"
+    """Rendered pixels with no labelled Gaussian: take the nearest labelled pixel's instance, or stay void."""
+    min_weight: float = 1e-3
+    """Accumulated label weight below which a rendered pixel counts as having no label (then: fallback)."""
 
 
 @dataclass
@@ -164,7 +166,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "segment": ("scene", "segment"),
     "splat": ("scene", "splat", "device"),
     "uplift": ("uplift", "device"),
-    "render": ("render", "device"),
+    "render": ("render", "uplift", "device"),  # label rendering uses uplift.fallback/min_weight/chunk
     "evaluate": ("evaluate",),
     "render_then_segment": ("render_then_segment", "segment", "device"),
 }

@@ -27,7 +27,6 @@ from .stages import (
     StageResult,
     cleanup_stale,
     resolve_device,
-    rts_skip_reason,
     run_stage,
     segmenter_can_segment_images,
     validate_segment_inputs,
@@ -98,7 +97,6 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     ctx = StageContext(cfg=cfg, scene=scene, run_dir=run_dir, device=device,
                        hashes=HashCache(run_dir / ".cache" / "hashes.json"), console=console, quiet=quiet)
     validate_segment_inputs(ctx)
-    why_no_rts = rts_skip_reason(cfg)
     results: list[StageResult] = []
     with _run_lock(run_dir):
         for p in cleanup_stale(run_dir):
@@ -110,15 +108,16 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
         forced = False
         for name in STAGE_ORDER:
             forced = forced or name == from_stage
-            if name == "render_then_segment" and why_no_rts is not None and cfg.render_then_segment != "off":
-                console.print(f"render_then_segment skipped: {why_no_rts}")
-            console.print(f"[bold]{name}[/bold] …", end="")
             res = run_stage(STAGES[name], ctx, force=forced)
             results.append(res)
-            if res.status == "cached":
-                console.print(" [dim]cached (manifest matches)[/dim]")
+            skipped = (res.manifest.get("info") or {}).get("skipped")
+            if skipped:
+                console.print(f"[bold]{name}[/bold] skipped: {skipped}"
+                              + (" [dim](cached)[/dim]" if res.status == "cached" else ""))
+            elif res.status == "cached":
+                console.print(f"[bold]{name}[/bold] [dim]cached (manifest matches)[/dim]")
             else:
-                console.print(f" done in {res.wall_s:.1f} s")
+                console.print(f"[bold]{name}[/bold] done in {res.wall_s:.1f} s")
         metrics = collect_metrics(run_dir)
         changed = _write_if_changed(run_dir / "metrics.json", metrics)
         report = _report(run_dir, changed or not (run_dir / "report.html").is_file(), console)
@@ -177,7 +176,9 @@ def collect_metrics(run_dir: Path) -> dict:
     out["segmenter_kind"] = seg_info.get("kind")
     splat = _read(run_dir / "splat" / "manifest.json") or {}
     sinfo = splat.get("info", {})
-    out["psnr"] = sinfo.get("psnr")
+    rinfo = (_read(run_dir / "render" / "manifest.json") or {}).get("info", {})
+    # PSNR of the rendered test views against the test images (the render stage's), else the trainer's own
+    out["psnr"] = rinfo.get("psnr", sinfo.get("psnr"))
     out["num_gaussians"] = sinfo.get("num_gaussians")
     timings, rss = {}, {}
     for name in STAGE_ORDER:
@@ -215,7 +216,12 @@ def print_summary(outcome: RunOutcome, console) -> None:
                 bits.append(f"test PSNR {info['psnr']:.2f} dB")
             note = ", ".join(bits)
         elif "skipped" in info:
-            note = f"skipped: {info['skipped']}"
+            note = "skipped (reason above)"
+        elif r.name == "uplift" and info:
+            note = (f"{info.get('num_labels', '?')} instances over {info.get('num_views', '?')} views, "
+                    f"{100 * info.get('labelled_fraction', 0):.0f}% of Gaussians labelled")
+        elif r.name == "render" and info:
+            note = f"{info.get('num_views', '?')} views"
         st.add_row(r.name, r.status, f"{r.manifest.get('wall_s', 0):.1f}", f"{r.manifest.get('peak_rss_mb', 0):.0f}", note)
     console.print(st)
     rows = [("uplift (LUDVIG, test poses)", m.get("uplift")),

@@ -552,17 +552,122 @@ def _uplift_inputs(ctx: StageContext) -> dict[str, str]:
             "scene": _scene_geometry_digest(ctx.scene, ctx.hashes)}
 
 
+def _scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
+    """splat.render.Cameras for the given frames (all frames of a scene share one image size)."""
+    from splat.render import Cameras
+
+    frames = [ctx.scene.frame(s) for s in stems]
+    return Cameras.from_frames(frames, scale=scale, device=ctx.device)
+
+
+def _load_gaussians(ctx: StageContext):
+    from splat.ply import load_ply
+
+    return load_ply(ctx.stage_dir("splat") / "gaussians.ply", device=ctx.device)
+
+
 def _uplift_run(ctx: StageContext, out: Path) -> dict:
-    raise NotImplementedError  # wired in when uplift/ lands
+    from uplift.ludvig import instance_classes, uplift
+
+    uc = ctx.cfg.uplift
+    seg = ctx.stage_dir("segment")
+    stems = list(ctx.scene.train)
+    cams = _scene_cameras(ctx, stems)
+    H, W = int(cams.height), int(cams.width)
+    maps, classes = [], []
+    for s in stems:
+        inst = read_png(seg / "instance" / f"{s}.png").astype(np.int64)
+        sem = read_png(seg / "semantics" / f"{s}.png").astype(np.int64)
+        maps.append(_resize_nearest(inst, (H, W)))
+        classes.append(_resize_nearest(sem, (H, W)))
+    gaussians = _load_gaussians(ctx)
+    result = uplift(gaussians, cams, maps, ignore_label=uc.ignore_label, chunk_channels=uc.chunk, topk=uc.top_k,
+                    progress=not ctx.quiet and sys.stderr.isatty())
+    _maybe_kill("uplift", "middle")
+    result.save(out / "uplift.npz")
+    segments = json.loads((seg / "segments.json").read_text())
+    id_to_class = instance_classes(maps, classes, segments=segments, ignore_label=uc.ignore_label)
+    names = _class_names()
+    legend = {str(i): {"class_id": c, "class_name": names.get(c, str(c)), "thing": c in THING_IDS}
+              for i, c in id_to_class.items()}
+    write_json(out / "legend.json", legend)
+    _export_labelled(gaussians, result, id_to_class, out / "labelled.ply")
+    return {"num_gaussians": result.num_gaussians, "num_labels": result.num_labels,
+            "labelled_fraction": float(result.labelled.mean()) if result.num_gaussians else 0.0,
+            "num_views": result.num_views}
+
+
+def _export_labelled(gaussians, result, id_to_class: dict, path: Path) -> None:
+    from uplift.export import export_labelled
+
+    export_labelled(gaussians, result, id_to_class, path)
+
+
+def _resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if a.shape == hw:
+        return a
+    from PIL import Image
+
+    return np.array(Image.fromarray(a.astype(np.int32)).resize((hw[1], hw[0]), Image.NEAREST)).astype(np.int64)
 
 
 def _render_inputs(ctx: StageContext) -> dict[str, str]:
-    return {"splat": _upstream(ctx, "splat", ("gaussians.ply",)), "uplift": _upstream(ctx, "uplift"),
+    return {"splat": _upstream(ctx, "splat", ("gaussians.ply",)),
+            "uplift": _upstream(ctx, "uplift", ("uplift.npz", "legend.json")),
             "scene": _scene_geometry_digest(ctx.scene, ctx.hashes)}
 
 
+def _render_stems(ctx: StageContext) -> list[str]:
+    poses = ctx.cfg.render.poses
+    if poses == "test":
+        return list(ctx.scene.test)
+    if poses == "train":
+        return list(ctx.scene.train)
+    return list(ctx.scene.frames)
+
+
 def _render_run(ctx: StageContext, out: Path) -> dict:
-    raise NotImplementedError  # wired in when uplift/ lands
+    from uplift.ludvig import UpliftResult
+    from uplift.render import render_panoptic, write_predictions
+
+    uc = ctx.cfg.uplift
+    stems = _render_stems(ctx)
+    if not stems:
+        (out / "skipped.txt").write_text(f"no {ctx.cfg.render.poses} frames to render\n")
+        return {"skipped": f"no {ctx.cfg.render.poses} frames", "num_views": 0}
+    gaussians = _load_gaussians(ctx)
+    result = UpliftResult.load(ctx.stage_dir("uplift") / "uplift.npz")
+    legend = json.loads((ctx.stage_dir("uplift") / "legend.json").read_text())
+    id_to_class = {int(k): int(v["class_id"]) for k, v in legend.items()}
+    info: dict = {"num_views": len(stems)}
+    psnrs = []
+    with _progress(ctx, len(stems), "render") as bar:
+        for s in stems:  # one view at a time: memory stays flat for long test splits
+            cam = _scene_cameras(ctx, [s], ctx.cfg.render.scale)
+            inst, sem, _conf = render_panoptic(gaussians, result, cam, id_to_class, fallback=uc.fallback,
+                                               min_weight=uc.min_weight, chunk_channels=uc.chunk)
+            rgb = _render_rgb(gaussians, cam)  # [1, H, W, 3] float in [0, 1]
+            write_predictions(out, [s], inst, sem, rgb=rgb)
+            gt = ctx.scene.load_rgb(s)
+            if gt.shape[:2] == rgb.shape[1:3]:
+                mse = float(np.mean((np.clip(rgb[0], 0, 1) - gt) ** 2))
+                psnrs.append(10 * np.log10(1.0 / max(mse, 1e-12)))
+            bar.update(1)
+            if s == stems[len(stems) // 2]:
+                _maybe_kill("render", "middle")
+    if psnrs:
+        info["psnr"] = float(np.mean(psnrs))
+    return info
+
+
+def _render_rgb(gaussians, cam) -> np.ndarray:
+    import torch
+
+    from splat.render import render_rgb
+
+    with torch.no_grad():
+        img = render_rgb(gaussians, cam)
+    return img.detach().float().cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------

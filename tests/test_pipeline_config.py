@@ -91,7 +91,7 @@ def test_splat_preset_then_yaml_then_cli(tmp_path):
 
 def test_section_hash_tracks_only_named_sections():
     cfg = load_config(CONFIGS_DIR / "demo.yaml")
-    changed = dataclasses.replace(cfg, uplift=dataclasses.replace(cfg.uplift, top_k=cfg.uplift.top_k + 1))
+    changed = dataclasses.replace(cfg, uplift=dataclasses.replace(cfg.uplift, chunk=cfg.uplift.chunk + 1))
     assert section_hash(cfg, ("segment",)) == section_hash(changed, ("segment",))
     assert section_hash(cfg, ("uplift",)) != section_hash(changed, ("uplift",))
 
