@@ -39,6 +39,7 @@ from .io import InputError, atomic_dir
 
 __all__ = [
     "SynthConfig",
+    "SynthArgs",
     "PRESETS",
     "GENERATOR",
     "GENERATOR_VERSION",
@@ -108,6 +109,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(preset="tiny", num_frames=24, width=96, height=72, num_points=2000),
     "demo": dict(preset="demo", num_frames=80, width=256, height=192, num_points=5000),
 }
+
+
+@dataclass
+class SynthArgs:
+    """`python -m pipeline synth`: write a synthetic PanLift-layout scene with SIMULATED segmenter outputs."""
+
+    out_dir: Path
+    """Folder for the scene; refused if it holds anything but a previous synthetic scene."""
+    preset: str = "demo"
+    """`tiny` (24 frames, 96x72, for tests) or `demo` (80 frames, 256x192)."""
+    seed: int = 0
+    """Seed for layout, textures, camera and the SIMULATED segmenter noise."""
 
 
 def make_config(preset: str = "demo", seed: int = 0, **overrides: Any) -> SynthConfig:
@@ -745,7 +758,7 @@ def _meta_object(o: dict) -> dict:
     return out
 
 
-def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> Path:
+def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool = False) -> Path:
     """Write one synthetic scene (PanLift layout + SIMULATED segmenter outputs) to `out_dir`, atomically.
 
     A previous synthetic scene at `out_dir` is replaced; any other non-empty folder is refused.
@@ -780,7 +793,13 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig()) -> Path:
         K4 = np.eye(4)
         K4[:3, :3] = K
         _save_txt(tmp / "intrinsic" / "intrinsic_color.txt", K4)
-        for i, stem in enumerate(stems):
+        frame_iter = enumerate(stems)
+        if progress:
+            from rich.progress import track
+
+            frame_iter = track(frame_iter, total=len(stems), description=f"synthetic scene ({cfg.preset})",
+                               transient=True)
+        for i, stem in frame_iter:
             c2w = poses[i]
             view = render_view(world, K, c2w, W, H)
             rgb8 = (view["rgb"] * 255.0 + 0.5).astype(np.uint8)
@@ -861,11 +880,13 @@ def _noise_settings(cfg: SynthConfig) -> dict:
             "confuse_rate": cfg.sim_confuse_rate, "boundary_px": cfg.sim_boundary_px}
 
 
-def synth_command(out_dir: str | Path, preset: str = "demo", seed: int = 0, **overrides: Any) -> Path:
+def synth_command(out_dir: str | Path | SynthArgs, preset: str = "demo", seed: int = 0, **overrides: Any) -> Path:
     """Generate a synthetic scene (with SIMULATED segmenter outputs) into OUT_DIR and print the time taken."""
+    if isinstance(out_dir, SynthArgs):
+        out_dir, preset, seed = out_dir.out_dir, out_dir.preset, out_dir.seed
     cfg = make_config(preset, seed, **overrides)
     t0 = time.perf_counter()
-    path = generate(out_dir, cfg)
+    path = generate(out_dir, cfg, progress=True)
     dt = time.perf_counter() - t0
     print(f"synthetic scene '{cfg.preset}' (seed {cfg.seed}, {cfg.num_frames} frames at {cfg.width}x{cfg.height}) "
           f"written to {path} in {dt:.1f} s")

@@ -405,3 +405,12 @@ def test_loads_through_scene_reader(tiny):
     np.testing.assert_allclose(f.K[:2, 2], _K(tiny)[:2, 2] + 0.5)
     assert scene.test == [str(i) for i in range(0, 24, 5)] and scene.points is not None
     assert scene.load_depth("3").shape == (72, 96)
+
+
+def test_synth_args_form(tmp_path, capsys):
+    from pipeline.synth import SynthArgs
+
+    path = synth_command(SynthArgs(out_dir=tmp_path / "scene", preset="tiny", seed=2), num_frames=2)
+    meta = json.loads((path / "scene_meta.json").read_text())
+    assert (meta["preset"], meta["seed"], meta["config"]["num_frames"]) == ("tiny", 2, 2)
+    assert "synthetic scene 'tiny' (seed 2" in capsys.readouterr().out
