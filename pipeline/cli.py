@@ -168,16 +168,17 @@ def view(run_dir: Positional[Path], port: int = 8080, host: str = "127.0.0.1", m
     view_command(run_dir, port=port, host=host, max_seconds=max_seconds)
 
 
-def export(run_dir: Positional[Path], out: Optional[Path] = None) -> None:
+def export(run_dir: Positional[Path], out: Optional[Path] = None, topk: int = 0) -> None:
     """Export labelled PLYs of a run (one PLY of all Gaussians with labels, one per instance) via uplift.export.
 
     Args:
         run_dir: A run directory whose uplift stage finished.
         out: Output folder (default RUN_DIR/export).
+        topk: Also store each Gaussian's k best instances and weights as extra PLY fields.
     """
-    from .export_run import export_run
+    from .run import export_run
 
-    export_run(run_dir, out)
+    export_run(run_dir, out, topk=topk)
 
 
 def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None, workers: int = 2) -> None:

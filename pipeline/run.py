@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, write_config
-from .io import InputError, write_json
+from .io import InputError, atomic_dir, write_json
 from .scene import load_scene
 from .stages import (
     STAGE_ORDER,
@@ -32,7 +32,7 @@ from .stages import (
     validate_segment_inputs,
 )
 
-__all__ = ["run_pipeline", "absolute_paths", "collect_metrics", "print_summary", "RunOutcome"]
+__all__ = ["run_pipeline", "absolute_paths", "export_run", "collect_metrics", "print_summary", "RunOutcome"]
 
 
 class RunOutcome:
@@ -247,3 +247,28 @@ def print_summary(outcome: RunOutcome, console) -> None:
     console.print(" · ".join(extra))
     if outcome.report is not None:
         console.print(f"report: {outcome.report}")
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, topk: int = 0) -> Path:
+    """`export RUN_DIR`: labelled PLY of all Gaussians + one PLY per instance + legend.json (uplift.export)."""
+    from splat.ply import load_ply
+    from uplift.export import export_labelled
+    from uplift.ludvig import UpliftResult
+
+    from .classes import PANLIFT_CLASSES
+    from .stages import legend_classes
+
+    run_dir = Path(run_dir)
+    for need in ("splat/gaussians.ply", "uplift/uplift.npz", "uplift/legend.json"):
+        if not (run_dir / need).is_file():
+            raise InputError(f"{run_dir / need}: missing; run `python -m pipeline run CONFIG.yaml --output.dir {run_dir}` "
+                             "through the uplift stage first")
+    out = Path(out) if out is not None else run_dir / "export"
+    result = UpliftResult.load(run_dir / "uplift" / "uplift.npz")
+    gaussians = load_ply(run_dir / "splat" / "gaussians.ply")
+    with atomic_dir(out) as tmp:
+        legend = export_labelled(tmp / "labelled.ply", gaussians, result, legend_classes(run_dir / "uplift"),
+                                 PANLIFT_CLASSES, per_instance_dir=tmp / "instances", topk=topk)
+    print(f"wrote {out / 'labelled.ply'} ({legend['num_gaussians']:,} Gaussians, "
+          f"{len(legend['instances'])} instances), {out / 'instances'}/instance_<id>.ply and {out / 'legend.json'}")
+    return out

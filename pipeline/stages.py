@@ -563,10 +563,12 @@ def _scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
 def _load_gaussians(ctx: StageContext):
     from splat.ply import load_ply
 
-    return load_ply(ctx.stage_dir("splat") / "gaussians.ply", device=ctx.device)
+    g = load_ply(ctx.stage_dir("splat") / "gaussians.ply")
+    return {k: v.to(ctx.device) for k, v in g.items()} if ctx.device != "cpu" else g
 
 
 def _uplift_run(ctx: StageContext, out: Path) -> dict:
+    from uplift.export import export_labelled
     from uplift.ludvig import instance_classes, uplift
 
     uc = ctx.cfg.uplift
@@ -587,20 +589,17 @@ def _uplift_run(ctx: StageContext, out: Path) -> dict:
     result.save(out / "uplift.npz")
     segments = json.loads((seg / "segments.json").read_text())
     id_to_class = instance_classes(maps, classes, segments=segments, ignore_label=uc.ignore_label)
-    names = _class_names()
-    legend = {str(i): {"class_id": c, "class_name": names.get(c, str(c)), "thing": c in THING_IDS}
-              for i, c in id_to_class.items()}
-    write_json(out / "legend.json", legend)
-    _export_labelled(gaussians, result, id_to_class, out / "labelled.ply")
+    # labelled.ply + legend.json (id -> class, colour, count, 3D box); the render stage reads the legend
+    export_labelled(out / "labelled.ply", gaussians, result, id_to_class, PANLIFT_CLASSES)
     return {"num_gaussians": result.num_gaussians, "num_labels": result.num_labels,
             "labelled_fraction": float(result.labelled.mean()) if result.num_gaussians else 0.0,
             "num_views": result.num_views}
 
 
-def _export_labelled(gaussians, result, id_to_class: dict, path: Path) -> None:
-    from uplift.export import export_labelled
-
-    export_labelled(gaussians, result, id_to_class, path)
+def legend_classes(uplift_dir: Path) -> dict[int, int]:
+    """uplift/legend.json -> {instance id: class id}."""
+    legend = json.loads((Path(uplift_dir) / "legend.json").read_text())
+    return {int(k): int(v["class_id"]) for k, v in legend["instances"].items()}
 
 
 def _resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -637,8 +636,7 @@ def _render_run(ctx: StageContext, out: Path) -> dict:
         return {"skipped": f"no {ctx.cfg.render.poses} frames", "num_views": 0}
     gaussians = _load_gaussians(ctx)
     result = UpliftResult.load(ctx.stage_dir("uplift") / "uplift.npz")
-    legend = json.loads((ctx.stage_dir("uplift") / "legend.json").read_text())
-    id_to_class = {int(k): int(v["class_id"]) for k, v in legend.items()}
+    id_to_class = legend_classes(ctx.stage_dir("uplift"))
     info: dict = {"num_views": len(stems)}
     psnrs = []
     with _progress(ctx, len(stems), "render") as bar:
