@@ -116,41 +116,41 @@ def _int_array(x: Any, what: str) -> np.ndarray:
 
 
 class _Codes:
-    """Integer keys [M] factorised into unique values; pixel codes are produced on demand through a remap.
+    """Integer keys [M] factorised into unique values and counts; pixel codes come later, through a remap.
 
-    Keeping the key -> segment table instead of a per-pixel inverse lets `codes(remap)` fuse "pixel -> raw
-    segment -> merged segment" into one gather over the M pixels.
+    Keeping the key -> segment table instead of a per-pixel inverse lets `take(remap)` fuse "pixel -> raw
+    segment -> merged segment" into one gather, written over the key buffer (the class owns `key`), so a
+    scene of 25 M pixels allocates few fresh pages (first-touch page faults dominate on this machine).
     """
 
     def __init__(self, key: np.ndarray):
         self.key = key
         self._lut = self._inv = None
         if key.size == 0:
-            self.uniq, self.counts, self.kmin = key[:0], np.zeros(0, np.int64), 0
+            self.uniq, self.counts = key[:0], np.zeros(0, np.int64)
             self._inv = np.zeros(0, np.int64)
             return
         kmin, kmax = int(key.min()), int(key.max())
         span = kmax - kmin + 1
         if span <= max(1 << 20, min(4 * key.size, 1 << 24)):  # O(M) counting, at most 16 M bins
-            self.kmin = kmin
             if kmin != 0:
-                self.key = key = key - kmin
+                key -= kmin
             counts_full = np.bincount(key, minlength=span)
             present = np.flatnonzero(counts_full)
             self._lut = np.zeros(span, np.int64)
             self._lut[present] = np.arange(present.size)
             self.uniq, self.counts = present + kmin, counts_full[present]
         else:  # sparse keys: sort
-            self.kmin = 0
             self.uniq, inv, self.counts = np.unique(key, return_inverse=True, return_counts=True)
             self._inv = inv.reshape(-1)
+            self.key = None
 
-    def codes(self, remap: np.ndarray | None = None) -> np.ndarray:
-        """Per-pixel index into `uniq` (or into `remap`'s targets when given)."""
+    def take(self, remap: np.ndarray) -> np.ndarray:
+        """Per-pixel `remap[segment index]`; consumes the key buffer (call once)."""
         if self._inv is not None:
-            return self._inv if remap is None else remap[self._inv]
-        lut = self._lut if remap is None else remap[self._lut]
-        return lut[self.key]
+            return remap[self._inv]
+        key, self.key = self.key, None
+        return np.take(remap[self._lut], key, out=key, mode="clip")  # in place; indices are valid
 
 
 def _segments(cls: np.ndarray, inst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Codes]:
@@ -242,8 +242,8 @@ def _pq_columns(pc, pi, gc, gi, things: Iterable[int], stuff: Iterable[int]) -> 
 
     # --- intersections: unique (pred segment, GT segment) pairs ----------------------------------------
     if m:
-        pair_key = p_codes.codes(p_map * nG)  # [M]
-        pair_key += g_codes.codes(g_map)
+        pair_key = p_codes.take(p_map * nG)  # [M]
+        pair_key += g_codes.take(g_map)
         pairs = _Codes(pair_key)
         pair_ids, inter = pairs.uniq, pairs.counts
     else:
@@ -462,21 +462,24 @@ def evaluate_scene(scene_dir: Path, pred_dir: Path, *, things: Iterable[int] = T
             raise InputError(f"{sem_dir / (s + '.png')}: label maps of frame {s} differ in size {sorted(shapes)}; "
                              "evaluate with the default 512x512 resize")
         valid = g_sem != 0  # GT class 0 is void: those pixels never count
-        return p_sem[valid], p_ins[valid], g_sem[valid], g_ins[valid]
+        pc, gc = p_sem[valid], g_sem[valid]
+        if gc.size and (int(gc.min()) < 0 or int(gc.max()) >= NUM_CLASSES):
+            raise InputError(f"{scene_dir / 'rs_semantics' / (s + '.png')}: GT class ids must lie in "
+                             f"0..{NUM_CLASSES - 1}; found {int(gc.min())}..{int(gc.max())}")
+        cm = confusion_matrix(pc, gc, NUM_CLASSES)  # additive over frames; small arrays stay in cache
+        return pc, p_ins[valid], gc, g_ins[valid], cm
 
     # PNG decoding and resizing release the GIL: a few threads roughly halve the reading time.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         loaded = list(pool.map(load, stems))
-    pc, pi, gc, gi = zip(*loaded)
+    pc, pi, gc, gi, cms = zip(*loaded)
     del loaded
     pc, pi, gc, gi = (np.concatenate(x) for x in (pc, pi, gc, gi))
-    if gc.size and (int(gc.min()) < 0 or int(gc.max()) >= NUM_CLASSES):
-        raise InputError(f"{scene_dir / 'rs_semantics'}: GT class ids must lie in 0..{NUM_CLASSES - 1}; "
-                         f"found {int(gc.min())}..{int(gc.max())}")
 
     things, stuff = frozenset(int(c) for c in things), frozenset(int(c) for c in stuff)
     pq = _pq_columns(pc, pi, gc, gi, things, stuff)
-    miou_value, class_iou = miou(pc, gc, NUM_CLASSES, return_per_class=True)
+    del pc, pi, gc, gi
+    miou_value, class_iou = _miou_from_cm(np.sum(cms, axis=0))
 
     per_class: dict[int, dict[str, Any]] = {}
     ids = set(pq.per_class) | {c for c in range(NUM_CLASSES) if not np.isnan(class_iou[c])}
