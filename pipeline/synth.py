@@ -825,6 +825,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
                     continue
                 c = int(np.bincount(cls_m[m]).argmax())
                 if is_thing(c):
+                    if m2f_counter > np.iinfo(np.uint16).max:
+                        raise InputError(f"{out_dir}: too many simulated m2f segments for uint16 ids; use fewer frames")
                     inst_m[m] = m2f_counter
                     m2f_counter += 1
             _save_png(tmp / "m2f_semantics" / f"{stem}.png", cls_m.astype(np.uint16))
