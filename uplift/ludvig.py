@@ -285,7 +285,8 @@ def _accumulate(render_fn, geom, cameras, dense_maps: list[np.ndarray], lo: int,
     Each view renders only the channels it contains, in blocks of <= chunk channels.
     """
     n = geom["means"].shape[0]
-    acc = torch.zeros(n, hi - lo, dtype=torch.float32)
+    dev = geom["means"].device
+    acc = torch.zeros(n, hi - lo, dtype=torch.float32, device=dev)
     lut = np.empty(hi - lo + 1, dtype=np.int64)
     for v, dm in enumerate(dense_maps):
         inside = (dm >= lo) & (dm < hi)
@@ -296,7 +297,7 @@ def _accumulate(render_fn, geom, cameras, dense_maps: list[np.ndarray], lo: int,
             lut[chans - lo] = np.arange(len(chans))
             local = np.where(inside, lut[np.clip(dm - lo, 0, hi - lo)], len(chans))  # [H, W]
             grad = _view_block_sums(render_fn, geom, cameras[v], local, len(chans), backend)
-            acc[:, torch.from_numpy(chans - lo)] += grad.to("cpu", torch.float32)
+            acc[:, torch.from_numpy(chans - lo).to(dev)] += grad.float()
         if prog is not None:
             prog[0].advance(prog[1])
     return acc
@@ -334,7 +335,7 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
         n_steps = n_cam
         prog = _progress(n_steps, progress, f"uplift {k_all} labels")
         try:
-            num = _accumulate(render_fn, geom, cameras, dense_maps, 0, k_all, chunk_channels, backend, prog)  # [N, K]
+            num = _accumulate(render_fn, geom, cameras, dense_maps, 0, k_all, chunk_channels, backend, prog).cpu()  # [N, K]
         finally:
             if prog is not None:
                 prog[0].stop()
@@ -358,7 +359,7 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
     den = torch.zeros(n, dtype=torch.float32)
     try:
         for lo, hi in blocks:
-            acc = _accumulate(render_fn, geom, cameras, dense_maps, lo, hi, chunk_channels, backend, prog)  # [N, B]
+            acc = _accumulate(render_fn, geom, cameras, dense_maps, lo, hi, chunk_channels, backend, prog).cpu()  # [N, B]
             den += acc.sum(1)
             kk = min(topk, hi - lo)
             w, c = acc.topk(kk, dim=1)

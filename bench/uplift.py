@@ -1,0 +1,155 @@
+"""Uplift cost vs forward rendering: time to uplift labels over all train views / time to render them.
+
+    .venv/bin/python bench/uplift.py [--scene DIR] [--gaussians PLY] [--num-gaussians N] [--repeat R]
+
+Without --scene, the synthetic `demo` scene is generated into a temporary folder. Without --gaussians,
+N Gaussians are initialised at random around the scene's points3d.ply (realistic count, mixed opacities
+and sizes; a trained model gives more realistic overlap, pass its PLY). Labels are the GT panoptic ids
+of the train views (pipeline.labels.gt_panoptic_ids). Target: ratio <= 2. Timings on a shared CPU are
+noisy; the best of --repeat runs is reported.
+Also prints the peak extra RSS of the uplift and the analytic memory of the dense and top-k layouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.labels import gt_panoptic_ids  # noqa: E402
+from pipeline.scene import load_scene  # noqa: E402
+
+
+def random_gaussians(points: np.ndarray, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """n Gaussians near the point cloud: jittered positions, log-normal sizes, mixed opacities."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(points), n)
+    extent = np.ptp(points, axis=0).max()
+    means = points[idx] + rng.normal(scale=0.005 * extent, size=(n, 3))
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    s = rng.normal(np.log(0.006 * extent), 0.5, (n, 3))  # log-scales
+    o = rng.uniform(0.05, 0.95, n)
+    t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return {"means": t(means), "quats": t(q), "scales": t(s), "opacities": t(np.log(o / (1 - o))),
+            "sh0": t(rng.uniform(-1, 1, (n, 1, 3))), "shN": torch.zeros(n, 0, 3)}
+
+
+def read_points(path: Path) -> np.ndarray:
+    from plyfile import PlyData
+
+    v = PlyData.read(str(path))["vertex"]
+    return np.stack([np.asarray(v[k], np.float64) for k in ("x", "y", "z")], 1)
+
+
+def load_gaussians(path: Path):
+    from splat.ply import load_ply
+
+    return load_ply(path)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def memory_table(n: int, k: int, chunk: int, topk: int) -> str:
+    """Analytic size of the uplift buffers: the dense float32 [N, K] result (normalised in place), one pass's
+    zero features + gradient [N, B] (+ one index temporary), and the top-k state (weights f32 + channels i64
+    for the running best and the candidates, one block accumulator)."""
+    mib = lambda b: b / 2**20  # noqa: E731
+    b = min(chunk, k)
+    per_pass = 3 * n * b * 4
+    dense = n * k * 4
+    tk = n * (topk * 12 + (topk + b) * 12 + b * 4 + 4)
+    return (f"analytic, N={n:,} K={k} chunk={chunk}: dense result {mib(dense):.0f} MiB + per pass {mib(per_pass):.0f} MiB "
+            f"= {mib(dense + per_pass):.0f} MiB | top-{topk}: {mib(tk + per_pass):.0f} MiB "
+            f"(plus the rasteriser's own temporaries)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scene", type=Path, default=None)
+    ap.add_argument("--gaussians", type=Path, default=None, help="trained PLY (splat.ply format)")
+    ap.add_argument("--num-gaussians", type=int, default=100_000)
+    ap.add_argument("--views", type=int, default=0, help="use only the first V train views (0 = all)")
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--topk", type=int, default=0, help="also time top-k mode with this k (0 = skip)")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--backend", default="auto")
+    args = ap.parse_args()
+
+    from splat.render import Cameras, render
+    from uplift import uplift
+
+    tmp = None
+    scene_dir = args.scene
+    if scene_dir is None:
+        from pipeline.synth import generate, make_config
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench_uplift_")
+        scene_dir = Path(tmp.name) / "demo"
+        generate(scene_dir, make_config("demo"))
+    scene = load_scene(scene_dir)
+    frames = scene.train_frames[: args.views or None]
+    cams = Cameras.from_frames(frames)
+    labels = [gt_panoptic_ids(scene.load_semantics(f.stem), scene.load_instance(f.stem))[0] for f in frames]
+    if args.gaussians is not None:
+        g = load_gaussians(args.gaussians)
+        src = str(args.gaussians)
+    else:
+        if scene.points is None:
+            raise SystemExit(f"{scene_dir}: no points3d.ply to initialise Gaussians; pass --gaussians")
+        g = random_gaussians(read_points(scene.points), args.num_gaussians)
+        src = "random init around points3d.ply"
+    g = {k: v.detach() for k, v in g.items()}
+    n = int(g["means"].shape[0])
+    k_all = len(np.unique(np.concatenate([np.unique(l) for l in labels]))) - 1
+    per_view = np.mean([len(np.unique(l)) - (0 in l) for l in labels])
+    print(f"scene {scene_dir.name}: {len(frames)} train views at {cams.width}x{cams.height}, {n:,} Gaussians ({src}), "
+          f"{k_all} labels ({per_view:.1f} per view on average), torch threads {torch.get_num_threads()}, backend {args.backend}")
+
+    def t_render():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(len(frames)):
+                render(g, cams[i], None, backend=args.backend, render_depth=False)
+        return time.perf_counter() - t0
+
+    def t_uplift(topk=None):
+        t0 = time.perf_counter()
+        res = uplift(g, cams, labels, chunk_channels=args.chunk, topk=topk, backend=args.backend, progress=False)
+        return time.perf_counter() - t0, res
+
+    base_rss = _rss_mb()
+    tu, res = min((t_uplift() for _ in range(args.repeat)), key=lambda x: x[0])
+    peak = _peak_mb() - base_rss
+    tr = min(t_render() for _ in range(args.repeat))
+    print(f"forward render (RGB) of all train views : {tr:8.2f} s")
+    print(f"uplift (dense, chunk {args.chunk:3d})             : {tu:8.2f} s   ratio {tu / tr:.2f}x (target <= 2x)")
+    print(f"  peak extra RSS during uplift ~{peak:.0f} MB (process max RSS minus RSS before; includes render temporaries)")
+    print(f"  labelled Gaussians {int((res.label >= 0).sum()):,} / {n:,}")
+    if args.topk:
+        tk, rk = t_uplift(args.topk)
+        same = np.array_equal(rk.label, res.label)
+        print(f"uplift (top-{args.topk}, chunk {args.chunk})             : {tk:8.2f} s   ratio {tk / tr:.2f}x, argmax equal to dense: {same}")
+    print(memory_table(n, k_all, args.chunk, args.topk or 8))
+    print(memory_table(300_000, 200, args.chunk, args.topk or 8))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
