@@ -36,16 +36,26 @@ class PanopticResult:
 
 
 def upsample_probs(mask_logits: torch.Tensor, true_shape: tuple[int, int]) -> torch.Tensor:
-    """[k, h, w] mask logits -> [k, H, W] float32 probabilities: sigmoid first, then bilinear resize."""
+    """[k, h, w] mask logits -> [k, H, W] float32 probabilities: sigmoid first, then bilinear resize.
+
+    Queries are the channels of one [1, k, h, w] image, as in the official call. PyTorch's CPU kernel
+    vectorises over channels and handles a remainder of k mod 8 with scalar code that rounds differently
+    (1 ulp); padding k to a multiple of 16 keeps every query on the vectorised path, so a chunk of queries
+    gives bit-identical values to upsampling all 200 (a multiple of 8) at once.
+    """
     p = torch.sigmoid(mask_logits.float())
     if tuple(p.shape[-2:]) == tuple(true_shape):
         return p
-    return F.interpolate(p[None], size=tuple(true_shape), mode="bilinear", align_corners=False)[0]
+    k = p.shape[0]
+    pad = (-k) % 16
+    if pad and k:
+        p = torch.cat([p, p[-1:].expand(pad, -1, -1)], 0)
+    return F.interpolate(p[None], size=tuple(true_shape), mode="bilinear", align_corners=False)[0, :k]
 
 
 def _chunks(idx: torch.Tensor, hw: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
     """Split query indices into chunks whose upsampled masks fit in _CHUNK_BYTES; yields (offset, indices)."""
-    step = max(1, _CHUNK_BYTES // (4 * hw[0] * hw[1]))
+    step = max(16, _CHUNK_BYTES // (4 * hw[0] * hw[1]) // 16 * 16)  # multiple of 16: see upsample_probs
     for s in range(0, idx.numel(), step):
         yield s, idx[s:s + step]
 
