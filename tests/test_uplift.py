@@ -13,7 +13,9 @@ from pipeline.io import InputError
 from splat.render import Cameras
 from uplift import UpliftResult, export_labelled, instance_classes, load_labelled, relabel, render_panoptic, uplift, write_predictions
 
-ALPHA_MIN, ALPHA_MAX, T_MIN = 1.0 / 255.0, 0.99, 1e-4
+# gsplat 1.5.3 compositing rules (RasterizeToPixels3DGSFwd.cu): α = min(0.999, o·G), skip α < 1/255, stop before
+# the Gaussian that would bring T to <= 1e-4. The brute force below restates them on its own.
+ALPHA_MIN, ALPHA_MAX, T_MIN = 1.0 / 255.0, 0.999, 1e-4
 W, H = 16, 12
 
 
@@ -103,7 +105,7 @@ def _brute_weights(g, cams, eps2d=0.3, near=0.01):
                     if a < ALPHA_MIN:
                         continue
                     t_next = T * (1 - a)
-                    if t_next < T_MIN:
+                    if t_next <= T_MIN:
                         stops += 1
                         break
                     out[c, i, py, px] = a * T
@@ -135,6 +137,9 @@ def _expected(wts, labels, ids, ignore=0):
 
 
 def test_brute_force_reference_exercises_all_rules(scene):
+    from splat import rasterize_torch as rt
+
+    assert (rt.ALPHA_MIN, rt.ALPHA_MAX, rt.T_STOP) == (ALPHA_MIN, ALPHA_MAX, T_MIN), "the rasteriser's rules changed"
     g, cams, labels, wts = scene
     # the stacked column saturates the centre pixel: the Gaussians behind the front two are cut off there
     assert wts[0, 0, 6, 8] > 0.9 and wts[0, 2, 6, 8] == 0 and wts[0, 3, 6, 8] == 0
