@@ -1,0 +1,441 @@
+"""Pure-PyTorch reference rasteriser with gsplat 1.5.3 "classic" numerics, fast enough to train on a CPU.
+
+Why it exists: gsplat's `rasterize_to_pixels` needs CUDA. This backend reproduces its contract (same
+projection, same per-pixel compositing rules, same `meta` for the densification strategies) in plain
+PyTorch, so every stage, test and the demo run on a CPU-only machine.
+
+Numerics (gsplat 1.5.3 `ProjectionEWA3DGSFused.cu` / `RasterizeToPixels3DGSFwd.cu`, written from the paper
+and those rules, not copied):
+* EWA projection: Σ2d = J W Σ Wᵀ Jᵀ with the Jacobian evaluated at a mean clamped to 1.3× the field of view,
+  then the low-pass dilation Σ2d + eps2d·I; conic = Σ2d⁻¹.
+* Culling: z < near or z > far, det ≤ 0, opacity < 1/255, zero radius, bounding box off-screen.
+  Radius = ceil(extend·sqrt(Σ2d_ii)) with the opacity-aware extend = min(3.33, sqrt(2·ln(255·o))).
+* Pixel (row i, col j) has its centre at (j + 0.5, i + 0.5). α = min(0.999, o·exp(-½ dᵀΣ2d⁻¹d)) (gsplat 1.5.3
+  clamps at 0.999); α < 1/255 is skipped; a pixel stops before the Gaussian that would bring T to ≤ 1e-4.
+  Front-to-back in depth order (ties by index).
+
+Design (why it is fast on a CPU): Gaussians are binned into 8×8-pixel tiles by their 3σ-box; each tile's
+list is depth sorted; tiles are processed together, `K` list entries at a time (a [tiles, K, 64] block),
+carrying each pixel's transmittance between blocks and dropping tiles whose pixels are all finished.
+Every Gaussian outside its box has α < 1/255, so the binning changes no pixel. The backward pass is
+hand-written (`_Composite`): it replays the same blocks front to back and gets the "everything behind me"
+sums from the forward totals, so no per-(pixel, Gaussian) tensor is ever stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ALPHA_MAX", "ALPHA_MIN", "T_STOP", "TILE", "project", "composite", "composite_reference", "rasterize",
+]
+
+ALPHA_MAX = 0.999  # gsplat 1.5.3 kernel clamp
+ALPHA_MIN = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD
+T_STOP = 1e-4  # a pixel is done when the next T would be <= this
+EXTEND = 3.33  # gsplat's 3σ-ish box, tightened by opacity
+TILE = 8  # tile side in pixels (numerics do not depend on it)
+_BLOCK = 12288  # target tile-entries per block (n_tiles · K); bounds memory and Python overhead
+_KMIN, _KMAX = 16, 256
+
+
+# ---------------------------------------------------------------------------------------------------------
+# projection
+# ---------------------------------------------------------------------------------------------------------
+def _quat_scale_matrix(quats: Tensor, scales: Tensor) -> Tensor:
+    """R(q)·diag(s): [N, 3, 3], so that Σ = M Mᵀ."""
+    q = quats / quats.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    R = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(-1, 3, 3)
+    return R * scales[:, None, :]
+
+
+def project(means: Tensor,  # [N, 3]
+            quats: Tensor,  # [N, 4] (unnormalised)
+            scales: Tensor,  # [N, 3] (activated)
+            opacities: Tensor,  # [N] (activated)
+            viewmats: Tensor,  # [C, 4, 4]
+            Ks: Tensor,  # [C, 3, 3]
+            width: int, height: int, *, eps2d: float = 0.3, near_plane: float = 0.01,
+            far_plane: float = 1e10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EWA projection as gsplat's fused projection (unpacked): differentiable means2d, conics, depths.
+
+    Returns means2d [C, N, 2], conics [C, N, 3] (Σ2d⁻¹ as a, b, c with σ = ½a dx² + b dx dy + ½c dy²),
+    depths [C, N], radii [C, N, 2] int32 (0 = culled).
+    """
+    W = viewmats[:, :3, :3]  # [C, 3, 3]
+    t = viewmats[:, :3, 3]  # [C, 3]
+    pc = torch.einsum("cij,nj->cni", W, means) + t[:, None, :]  # [C, N, 3]
+    x, y, z = pc.unbind(-1)  # [C, N]
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    lim_xp, lim_xn = (width - cx) / fx + 0.3 * tan_x, cx / fx + 0.3 * tan_x
+    lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_y, cy / fy + 0.3 * tan_y
+    rz = 1.0 / z
+    tx = z * torch.minimum(torch.maximum(x * rz, -lim_xn), lim_xp)
+    ty = z * torch.minimum(torch.maximum(y * rz, -lim_yn), lim_yp)
+    # J = [[fx/z, 0, -fx tx/z²], [0, fy/z, -fy ty/z²]]; rows of J·W: [C, N, 3] each
+    j00, j02 = fx * rz, -fx * tx * rz * rz
+    j11, j12 = fy * rz, -fy * ty * rz * rz
+    JW0 = j00[..., None] * W[:, None, 0, :] + j02[..., None] * W[:, None, 2, :]  # [C, N, 3]
+    JW1 = j11[..., None] * W[:, None, 1, :] + j12[..., None] * W[:, None, 2, :]
+    M = _quat_scale_matrix(quats, scales)  # [N, 3, 3]
+    T0 = (JW0[..., :, None] * M[None]).sum(-2)  # [C, N, 3] = (J W M) row 0
+    T1 = (JW1[..., :, None] * M[None]).sum(-2)
+    c00 = (T0 * T0).sum(-1) + eps2d
+    c01 = (T0 * T1).sum(-1)
+    c11 = (T1 * T1).sum(-1) + eps2d
+    det = c00 * c11 - c01 * c01
+    inv_det = 1.0 / det.clamp_min(1e-10)
+    conics = torch.stack([c11 * inv_det, -c01 * inv_det, c00 * inv_det], -1)  # [C, N, 3]
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], -1)  # [C, N, 2]
+
+    with torch.no_grad():
+        o = opacities.detach()[None].expand_as(z)  # [C, N]
+        extend = torch.sqrt(2.0 * torch.log(o.clamp_min(ALPHA_MIN) / ALPHA_MIN)).clamp_max(EXTEND)
+        rx = torch.ceil(extend * c00.detach().clamp_min(0).sqrt())
+        ry = torch.ceil(extend * c11.detach().clamp_min(0).sqrt())
+        m2 = means2d.detach()
+        ok = ((z.detach() >= near_plane) & (z.detach() <= far_plane) & (det.detach() > 0) & (o >= ALPHA_MIN)
+              & ((rx > 0) | (ry > 0))
+              & (m2[..., 0] + rx > 0) & (m2[..., 0] - rx < width) & (m2[..., 1] + ry > 0) & (m2[..., 1] - ry < height))
+        radii = (torch.stack([rx, ry], -1) * ok[..., None]).to(torch.int32)  # [C, N, 2]
+    return means2d, conics, z, radii
+
+
+# ---------------------------------------------------------------------------------------------------------
+# binning
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """Depth-sorted tile lists of one camera, laid out for block processing."""
+
+    ids: Tensor  # [n_tiles, L] int64 Gaussian index per list slot (N = padding)
+    counts: Tensor  # [n_tiles] list lengths, descending
+    tiles: Tensor  # [n_tiles] tile index (ty·TW + tx) of each row
+    x0: Tensor  # [n_tiles] left pixel of each tile
+    y0: Tensor  # [n_tiles] top pixel
+    tw: int
+    th: int
+    n: int  # number of Gaussians (padding index)
+
+
+def _bin(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> _Plan:
+    """Tile lists of the visible Gaussians of one camera; means2d [N, 2], radii [N, 2], depths [N]."""
+    n = means2d.shape[0]
+    dev = means2d.device
+    tw, th = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
+    vis = torch.nonzero((radii > 0).all(-1)).squeeze(1)  # [V]
+    vis = vis[torch.argsort(depths[vis], stable=True)]  # depth order, ties by index
+    m = means2d[vis].double()
+    r = radii[vis].double()
+    # pixels whose centre lies in the box (one pixel of slack on each side)
+    lo = torch.floor(m - r - 0.5).long()
+    hi = torch.ceil(m + r - 0.5).long()
+    tx0 = lo[:, 0].clamp(0, width - 1) // TILE
+    tx1 = hi[:, 0].clamp(0, width - 1) // TILE
+    ty0 = lo[:, 1].clamp(0, height - 1) // TILE
+    ty1 = hi[:, 1].clamp(0, height - 1) // TILE
+    nx = (tx1 - tx0 + 1) * (hi[:, 0] >= 0) * (lo[:, 0] <= width - 1)
+    ny = (ty1 - ty0 + 1) * (hi[:, 1] >= 0) * (lo[:, 1] <= height - 1)
+    cnt = nx * ny  # [V] tiles per Gaussian
+    rank = torch.repeat_interleave(torch.arange(len(vis), device=dev), cnt)  # [E] depth rank of each entry
+    start = torch.cumsum(cnt, 0) - cnt
+    k = torch.arange(len(rank), device=dev) - start[rank]
+    nxr = nx[rank].clamp_min(1)
+    tile = (ty0[rank] + k // nxr) * tw + tx0[rank] + k % nxr  # [E]
+    key, _ = torch.sort(tile * max(len(vis), 1) + rank)  # by tile, then depth
+    tile_s = key // max(len(vis), 1)
+    gid = vis[key % max(len(vis), 1)]  # [E] Gaussian index
+    per_tile = torch.bincount(tile_s, minlength=tw * th)  # [TW·TH]
+    order = torch.argsort(per_tile, descending=True, stable=True)
+    counts = per_tile[order]
+    n_t = int((counts > 0).sum())
+    order, counts = order[:n_t], counts[:n_t]
+    row_of = torch.empty(tw * th, dtype=torch.long, device=dev)
+    row_of[order] = torch.arange(n_t, device=dev)
+    L = int(counts[0]) if n_t else 0
+    tile_start = torch.cumsum(per_tile, 0) - per_tile
+    pos = torch.arange(len(tile_s), device=dev) - tile_start[tile_s]
+    ids = torch.full((n_t, L), n, dtype=torch.long, device=dev)
+    ids[row_of[tile_s], pos] = gid
+    return _Plan(ids=ids, counts=counts, tiles=order, x0=(order % tw) * TILE, y0=(order // tw) * TILE,
+                 tw=tw, th=th, n=n)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compositing
+# ---------------------------------------------------------------------------------------------------------
+def _block_alpha(tab: Tensor, ids: Tensor, x0: Tensor, y0: Tensor, pix: Tensor):
+    """α of a block of list entries at the 64 pixels of their tiles.
+
+    tab [N+1, 6] (mx, my, a, b, c, log o), ids [n, K] -> raw log-α [n, K, P], α [n, K, P] (clamped, thresholded),
+    and the per-entry offsets dx [n, K, TILE], dy [n, K, TILE] (mean minus pixel centre).
+    """
+    g = tab[ids]  # [n, K, 6]
+    mx, my, a, b, c, lo = g.unbind(-1)  # [n, K]
+    dx = mx[..., None] - (x0[:, None, None] + pix)  # [n, K, TILE] (pix holds the +0.5 centres)
+    dy = my[..., None] - (y0[:, None, None] + pix)
+    na = (-0.5 * a)[..., None] * dx * dx  # [n, K, TILE] along columns
+    nb = lo[..., None] - (0.5 * c)[..., None] * dy * dy  # along rows
+    nbdy = -(b[..., None] * dy)
+    logit = torch.addcmul(na[:, :, None, :] + nb[..., None], nbdy[..., None], dx[:, :, None, :])  # [n, K, T, T]
+    logit = logit.flatten(2)  # [n, K, P]
+    alpha = torch.exp(logit).clamp_max_(ALPHA_MAX)
+    alpha = alpha.masked_fill_(alpha < ALPHA_MIN, 0.0)
+    return logit, alpha, dx, dy
+
+
+def _scan(alpha: Tensor, T_run: Tensor):
+    """Transmittance of a block. alpha [n, K, P], T_run [n, P] (0 where finished) -> (T before, T after, kept)."""
+    om = 1.0 - alpha
+    T_in = torch.cumprod(om, dim=1) * T_run[:, None, :]  # [n, K, P] T after each entry
+    T_ex = torch.cat([T_run[:, None, :], T_in[:, :-1]], 1)  # T before each entry
+    keep = T_in > T_STOP  # prefix of each pixel's list (T is non-increasing)
+    return om, T_ex, T_in, keep
+
+
+def _to_tiles(img: Tensor, plan: _Plan) -> Tensor:
+    """[H, W, D] -> [TW·TH, P, D] in tile order (zero padded at the border)."""
+    H, W, D = img.shape
+    pad = img.new_zeros(plan.th * TILE, plan.tw * TILE, D)
+    pad[:H, :W] = img
+    return pad.reshape(plan.th, TILE, plan.tw, TILE, D).permute(0, 2, 1, 3, 4).reshape(-1, TILE * TILE, D)
+
+
+def _from_tiles(t: Tensor, plan: _Plan, H: int, W: int) -> Tensor:
+    """[TW·TH, P, D] -> [H, W, D]."""
+    D = t.shape[-1]
+    return t.reshape(plan.th, plan.tw, TILE, TILE, D).permute(0, 2, 1, 3, 4).reshape(
+        plan.th * TILE, plan.tw * TILE, D)[:H, :W]
+
+
+def _forward(tab: Tensor, cols: Tensor, plan: _Plan, record: bool):
+    """Composite all tiles. tab [N+1, 6], cols [N+1, D] -> acc [n_t, P, D], T_out [n_t, P], block log."""
+    n_t = plan.ids.shape[0]
+    P = TILE * TILE
+    dev, dt = tab.device, tab.dtype
+    pix = torch.arange(TILE, device=dev, dtype=dt) + 0.5
+    acc = torch.zeros(n_t, P, cols.shape[1], device=dev, dtype=dt)
+    T_out = torch.ones(n_t, P, device=dev, dtype=dt)
+    T_run = torch.ones(n_t, P, device=dev, dtype=dt)
+    rows = torch.arange(n_t, device=dev)
+    log = []
+    L = plan.ids.shape[1]
+    s = 0
+    while s < L and len(rows):
+        K = max(_KMIN, min(_KMAX, _BLOCK // len(rows)))
+        e = min(s + K, L)
+        ids = plan.ids[rows, s:e]  # [n, K]
+        if record:
+            log.append((rows, s, e))
+        _, alpha, _, _ = _block_alpha(tab, ids, plan.x0[rows], plan.y0[rows], pix)
+        Tr = T_run[rows]
+        om, T_ex, T_in, keep = _scan(alpha, Tr)
+        w = torch.where(keep, alpha * T_ex, 0.0)  # [n, K, P]
+        acc.index_add_(0, rows, torch.bmm(w.transpose(1, 2), cols[ids]))
+        last = T_in[:, -1]  # [n, P]
+        done = last <= T_STOP
+        T_out[rows] = torch.where(done, T_out[rows] - w.sum(1), last)
+        T_run[rows] = last.masked_fill(done, 0.0)
+        s = e
+        # drop tiles whose list ended or whose pixels are all finished
+        alive = (plan.counts[rows] > s) & (T_run[rows] > 0).any(1)
+        rows = rows[alive]
+    return acc, T_out, log
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of one camera with a hand-written backward over the same blocks."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, background, plan: _Plan, width: int, height: int):
+        # means2d [N, 2], conics [N, 3], opacities [N], colors [N, D], background [D]
+        tab, cols = _tables(means2d, conics, opacities, colors)
+        acc, T_out, log = _forward(tab, cols, plan, record=ctx.needs_input_grad[:5] != (False,) * 5)
+        img, alpha = _assemble(acc, T_out, background, plan, width, height)
+        ctx.plan, ctx.log, ctx.size = plan, log, (width, height)
+        ctx.save_for_backward(tab, cols, acc, T_out, background, opacities)
+        return img, alpha
+
+    @staticmethod
+    def backward(ctx, g_img, g_alpha):
+        tab, cols, acc, T_out, background, opac = ctx.saved_tensors
+        plan, (width, height) = ctx.plan, ctx.size
+        n_t, P, D = acc.shape
+        dev, dt = tab.device, tab.dtype
+        all_gc = _to_tiles(g_img, plan)  # [TW·TH, P, D]
+        all_ga = _to_tiles(g_alpha, plan)[..., 0]  # [TW·TH, P]
+        g_bg = (all_gc * _to_tiles(_t_image(T_out, plan, height, width), plan)).sum((0, 1))  # [D]
+        gC = all_gc[plan.tiles]  # [n_t, P, D]
+        gA = all_ga[plan.tiles]
+        S_tot = (acc * gC).sum(-1)  # [n_t, P] Σ_all w f
+        R = T_out * ((gC * background).sum(-1) - gA)  # [n_t, P] dL/dT_out · T_out
+        pix = torch.arange(TILE, device=dev, dtype=dt) + 0.5
+        g_tab = torch.zeros_like(tab)
+        g_cols = torch.zeros_like(cols)
+        T_run = torch.ones(n_t, P, device=dev, dtype=dt)
+        S_pre = torch.zeros(n_t, P, device=dev, dtype=dt)
+        for rows, s, e in ctx.log:
+            ids = plan.ids[rows, s:e]  # [n, K]
+            n, K = ids.shape
+            logit, alpha, dx, dy = _block_alpha(tab, ids, plan.x0[rows], plan.y0[rows], pix)
+            Tr = T_run[rows]
+            om, T_ex, T_in, keep = _scan(alpha, Tr)
+            w = torch.where(keep, alpha * T_ex, 0.0)  # [n, K, P]
+            c = cols[ids]  # [n, K, D]
+            gc = gC[rows]  # [n, P, D]
+            f = torch.bmm(c, gc.transpose(1, 2))  # [n, K, P] colour · output grad
+            pre = torch.cumsum(w * f, 1) + S_pre[rows][:, None, :]  # Σ_{j<=i} w f
+            rest = (S_tot[rows] + R[rows])[:, None, :] - pre  # Σ_{j>i} w f + T_out dL/dT_out
+            d_alpha = T_ex * f - rest / om
+            # gradient reaches o and σ only where α was used and not clamped
+            live = keep & (alpha > 0) & (logit < math.log(ALPHA_MAX))
+            G = torch.where(live, d_alpha * alpha, 0.0).view(n, K, TILE, TILE)  # dL/d(log o − σ)
+            Gc = G.sum(2)  # [n, K, TILE] per column
+            Gr = G.sum(3)  # [n, K, TILE] per row
+            s_dx = (Gc * dx).sum(-1)  # [n, K] Σ G dx
+            s_dy = (Gr * dy).sum(-1)
+            s_dxx = (Gc * dx * dx).sum(-1)
+            s_dyy = (Gr * dy * dy).sum(-1)
+            s_dxy = (torch.matmul(G, dx[..., None])[..., 0] * dy).sum(-1)
+            g_all = G.sum((2, 3))
+            a, b, cc = tab[ids, 2], tab[ids, 3], tab[ids, 4]
+            upd = torch.stack([-(a * s_dx + b * s_dy), -(cc * s_dy + b * s_dx),
+                               -0.5 * s_dxx, -s_dxy, -0.5 * s_dyy, g_all], -1)  # [n, K, 6]
+            flat = ids.reshape(-1)
+            g_tab.index_add_(0, flat, upd.reshape(-1, 6))
+            g_cols.index_add_(0, flat, torch.bmm(w, gc).reshape(-1, D))
+            # carries, exactly as in the forward
+            last = T_in[:, -1]
+            done = last <= T_STOP
+            T_run[rows] = last.masked_fill(done, 0.0)
+            S_pre[rows] = pre[:, -1]
+        N = opac.shape[0]
+        g_m2d = g_tab[:N, 0:2]
+        g_con = g_tab[:N, 2:5]
+        g_op = g_tab[:N, 5] / opac.clamp_min(1e-30)
+        return g_m2d, g_con, g_op, g_cols[:N], g_bg, None, None, None
+
+
+def _tables(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-Gaussian tables with a trailing padding row (α = 0): [N+1, 6] and [N+1, D]."""
+    tab = torch.cat([means2d, conics, torch.log(opacities.clamp_min(1e-30))[:, None]], 1)
+    pad = tab.new_zeros(1, 6)
+    pad[0, 5] = -float("inf")
+    tab = torch.cat([tab, pad], 0)
+    cols = torch.cat([colors, colors.new_zeros(1, colors.shape[1])], 0)
+    return tab, cols
+
+
+def _t_image(T_out: Tensor, plan: _Plan, H: int, W: int) -> Tensor:
+    """Final transmittance as an image [H, W, 1] (1 on tiles nobody touches)."""
+    full = T_out.new_ones(plan.tw * plan.th, TILE * TILE, 1)
+    full[plan.tiles] = T_out[..., None]
+    return _from_tiles(full, plan, H, W)
+
+
+def _assemble(acc: Tensor, T_out: Tensor, background: Tensor, plan: _Plan, W: int, H: int):
+    """Tile accumulators -> image [H, W, D] (background under the remaining T) and alpha [H, W, 1]."""
+    D = acc.shape[-1]
+    full = acc.new_zeros(plan.tw * plan.th, TILE * TILE, D)
+    full[plan.tiles] = acc
+    T_img = _t_image(T_out, plan, H, W)  # [H, W, 1]
+    img = _from_tiles(full, plan, H, W) + T_img * background
+    return img.contiguous(), (1.0 - T_img).contiguous()
+
+
+def composite(means2d: Tensor,  # [N, 2]
+              conics: Tensor,  # [N, 3]
+              opacities: Tensor,  # [N] activated
+              colors: Tensor,  # [N, D]
+              radii: Tensor,  # [N, 2] int (0 = culled)
+              depths: Tensor,  # [N] (sort key)
+              width: int, height: int,
+              background: Tensor | None = None  # [D]
+              ) -> tuple[Tensor, Tensor]:
+    """One camera's image [H, W, D] and alpha [H, W, 1]; differentiable in means2d, conics, opacities,
+    colors and background."""
+    plan = _bin(means2d.detach(), radii, depths.detach(), width, height)
+    if background is None:
+        background = colors.new_zeros(colors.shape[1])
+    return _Composite.apply(means2d, conics, opacities, colors, background.to(colors.dtype), plan, width, height)
+
+
+def composite_reference(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,
+                        depths: Tensor, width: int, height: int, background: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """Plain per-pixel walk over all visible Gaussians (no tiles, plain autograd): the check for `composite`.
+
+    Same arguments and results as `composite`; O(H·W·N) time and memory, for tests on tiny scenes.
+    """
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=means2d.dtype, device=means2d.device) + 0.5,
+                            torch.arange(width, dtype=means2d.dtype, device=means2d.device) + 0.5, indexing="ij")
+    T = torch.ones(height * width, dtype=means2d.dtype, device=means2d.device)  # [HW]
+    live = torch.ones_like(T, dtype=torch.bool)
+    out = colors.new_zeros(height * width, colors.shape[1])
+    vis = torch.nonzero((radii > 0).all(-1)).squeeze(1)
+    for i in vis[torch.argsort(depths[vis].detach(), stable=True)].tolist():
+        dx, dy = means2d[i, 0] - xs.reshape(-1), means2d[i, 1] - ys.reshape(-1)
+        sigma = 0.5 * conics[i, 0] * dx * dx + conics[i, 1] * dx * dy + 0.5 * conics[i, 2] * dy * dy
+        alpha = torch.clamp_max(opacities[i] * torch.exp(-sigma), ALPHA_MAX)
+        use = live & (alpha >= ALPHA_MIN) & (sigma >= 0)
+        T_next = T * (1.0 - alpha)
+        stop = use & (T_next <= T_STOP)
+        live = live & ~stop
+        use = use & ~stop
+        out = out + torch.where(use[:, None], (alpha * T)[:, None] * colors[i], 0.0)
+        T = torch.where(use, T_next, T)
+    if background is not None:
+        out = out + T[:, None] * background
+    return out.reshape(height, width, -1), (1.0 - T).reshape(height, width, 1)
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+              viewmats: Tensor, Ks: Tensor, width: int, height: int, *, background: Tensor | None = None,
+              eps2d: float = 0.3, near_plane: float = 0.01, far_plane: float = 1e10,
+              render_depth: bool = True) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+    """All cameras: features [C, H, W, D], alpha [C, H, W, 1], expected depth [C, H, W, 1] or None, meta.
+
+    scales and opacities are activated; colors [N, D] or [C, N, D]; background [D] or [C, D].
+    """
+    C = viewmats.shape[0]
+    means2d, conics, depths, radii = project(means, quats, scales, opacities, viewmats, Ks, width, height,
+                                             eps2d=eps2d, near_plane=near_plane, far_plane=far_plane)
+    D = colors.shape[-1]
+    feats, alphas = [], []
+    for c in range(C):
+        col = colors[c] if colors.dim() == 3 else colors  # [N, D]
+        if render_depth:
+            col = torch.cat([col, depths[c][:, None].to(col.dtype)], 1)
+        bg = None
+        if background is not None:
+            bg = background[c] if background.dim() == 2 else background
+            if render_depth:
+                bg = torch.cat([bg.to(col.dtype), bg.new_zeros(1, dtype=col.dtype)])
+        img, alpha = composite(means2d[c], conics[c], opacities, col, radii[c], depths[c], width, height, bg)
+        feats.append(img)
+        alphas.append(alpha)
+    out = torch.stack(feats)  # [C, H, W, D(+1)]
+    alpha = torch.stack(alphas)  # [C, H, W, 1]
+    depth = None
+    if render_depth:
+        depth = out[..., D:] / alpha.clamp_min(1e-10)
+        out = out[..., :D]
+    meta = {
+        "batch_ids": None, "camera_ids": None, "gaussian_ids": None,
+        "radii": radii, "means2d": means2d, "depths": depths, "conics": conics,
+        "opacities": opacities[None].expand(C, -1),
+        "tile_width": (width + TILE - 1) // TILE, "tile_height": (height + TILE - 1) // TILE,
+        "tile_size": TILE, "width": width, "height": height, "n_batches": 1, "n_cameras": C,
+    }
+    return out, alpha, depth, meta
