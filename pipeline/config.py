@@ -115,6 +115,9 @@ class UpliftSection:
     """Rendered pixels with no labelled Gaussian: take the nearest labelled pixel's instance, or stay void."""
     min_weight: float = 1e-3
     """Accumulated label weight below which a rendered pixel counts as having no label (then: fallback)."""
+    scale: float = 1.0
+    """Resolution of the training views the labels are uplifted from, as a fraction of the images' (masks are
+    resized nearest-neighbour)."""
 
 
 @dataclass

@@ -118,6 +118,7 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
                 console.print(f"[bold]{name}[/bold] [dim]cached (manifest matches)[/dim]")
             else:
                 console.print(f"[bold]{name}[/bold] done in {res.wall_s:.1f} s")
+        ctx.hashes.save()
         metrics = collect_metrics(run_dir)
         changed = _write_if_changed(run_dir / "metrics.json", metrics)
         report = _report(run_dir, changed or not (run_dir / "report.html").is_file(), console)

@@ -557,7 +557,8 @@ def _scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
     from splat.render import Cameras
 
     frames = [ctx.scene.frame(s) for s in stems]
-    return Cameras.from_frames(frames, scale=scale, device=ctx.device)
+    cams = Cameras.from_frames(frames, scale=scale)
+    return cams if ctx.device == "cpu" else cams.to(ctx.device)
 
 
 def _load_gaussians(ctx: StageContext):
@@ -574,7 +575,7 @@ def _uplift_run(ctx: StageContext, out: Path) -> dict:
     uc = ctx.cfg.uplift
     seg = ctx.stage_dir("segment")
     stems = list(ctx.scene.train)
-    cams = _scene_cameras(ctx, stems)
+    cams = _scene_cameras(ctx, stems, uc.scale)
     H, W = int(cams.height), int(cams.width)
     maps, classes = [], []
     for s in stems:
@@ -661,11 +662,11 @@ def _render_run(ctx: StageContext, out: Path) -> dict:
 def _render_rgb(gaussians, cam) -> np.ndarray:
     import torch
 
-    from splat.render import render_rgb
+    from splat.render import render
 
     with torch.no_grad():
-        img = render_rgb(gaussians, cam)
-    return img.detach().float().cpu().numpy()
+        img = render(gaussians, cam, None, render_depth=False).features  # [1, H, W, 3] RGB from SH
+    return img.detach().float().clamp(0, 1).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------------
