@@ -144,6 +144,6 @@ def test_build_qubo_by_hand_and_streamed_blocks():
     g = torch.Generator().manual_seed(0)
     m = torch.rand(37, 300, generator=g)
     out = torch.zeros(37, 37, dtype=torch.float64)
-    qubo._pairwise_min_sum(m, out, block_bytes=4 * 16 * 37 * 256)
+    qubo._pairwise_min_sum(m, out, rows=8, pix=64)  # several row and pixel blocks
     want = torch.minimum(m[:, None].double(), m[None].double()).sum(-1)
     torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-5)
