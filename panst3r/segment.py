@@ -1,0 +1,199 @@
+"""Headless PanSt3R segmentation of an image folder: one multi-view pass, consistent ids, files on disk.
+
+The official repository has no headless path (spec §3: its demo only feeds a viser viewer and saves nothing).
+`segment_images` runs the same flow — load and crop to the network size, keyframes, `model.infer`, merge,
+cameras — and writes one folder atomically:
+
+    instance/<stem>.png      uint16 segment ids, 0 = void, shared by all views
+    semantics/<stem>.png     uint8 class ids = vocabulary index + 1 (0 = void); for the "panlift"
+                             vocabulary these are the PanLift ids of pipeline.classes
+    confidence/<stem>.npy    float16 [H, W] merge confidence at network resolution
+    preview/<stem>.jpg       instance colours blended over the network-resolution image
+    segments.json            {id: {class_id, class_name, score, area, query_id}}  (the run-dir contract)
+    pointmaps.npz            pts3d, pts3d_local [V, H, W, 3] and conf [V, H, W] (float32), stems
+    cameras.json             per stem: K (+0.5 pixel-centre convention), c2w (OpenCV, world = first keyframe)
+                             at network resolution, plus the crop box and scale back to the original image
+    meta.json                kind "panst3r", variant, merge, seed, keyframes, vocabulary, sizes
+
+Label maps are written at the original image size (nearest-neighbour, pixels outside the centre crop void)
+unless `resize_to_original=False`; everything else stays at network resolution, with the mapping recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline.io import InputError, atomic_dir, write_json, write_png
+from pipeline.labels import overlay
+
+from .cameras import recover_cameras
+from .keyframes import image_descriptors, select_keyframes
+from .postprocess import PanopticResult, panoptic_qubo, panoptic_standard
+
+__all__ = ["segment_images", "load_images", "LoadedImages", "network_size", "merge_output", "MERGES"]
+
+MERGES = ("standard_v2", "standard_v1", "qubo")
+# MUSt3R's allowed sizes for the 512 models (spec §1.2), as (W, H) landscape; portrait uses the transpose.
+_SIZES_512 = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
+
+
+@dataclass
+class LoadedImages:
+    images: torch.Tensor  # [V, 3, H, W] float32 in [-1, 1]
+    stems: list[str]
+    original_hw: list[tuple[int, int]]  # per view (H0, W0)
+    crops: list[tuple[int, int, int, int]]  # per view (x0, y0, crop_w, crop_h) in original pixels
+
+
+def network_size(h0: int, w0: int, size: int = 512, patch: int = 16) -> tuple[int, int]:
+    """(H, W) the image is cropped and resized to: the allowed size of nearest aspect ratio (spec §1.2).
+
+    For size != 512 the 512 table is scaled by size/512 and rounded to multiples of `patch`.
+    """
+    portrait = h0 > w0
+    ratio = (h0 / w0) if portrait else (w0 / h0)
+    sizes = [(max(patch, round(w * size / 512 / patch) * patch), max(patch, round(h * size / 512 / patch) * patch))
+             for w, h in _SIZES_512]
+    w, h = min(sizes, key=lambda s: abs(s[0] / s[1] - ratio))
+    return (w, h) if portrait else (h, w)
+
+
+def load_images(paths: Sequence[Path], size: int = 512, patch: int = 16) -> LoadedImages:
+    """Official loader order: RGB -> [-1, 1] at full size -> centre crop to the target ratio -> bilinear
+    antialiased resize. All views share the first image's network size (the model takes one [V, 3, H, W])."""
+    imgs, stems, orig, crops = [], [], [], []
+    target: Optional[tuple[int, int]] = None
+    for p in paths:
+        p = Path(p)
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+        except Exception as e:
+            raise InputError(f"{p}: cannot read image ({e}); remove it or re-export it as PNG/JPEG") from None
+        h0, w0 = arr.shape[:2]
+        if target is None:
+            target = network_size(h0, w0, size, patch)
+        th, tw = target
+        x = (torch.from_numpy(arr).permute(2, 0, 1) / 255.0 - 0.5) / 0.5  # [3, H0, W0]
+        if w0 / h0 > tw / th:  # too wide: crop the width
+            ch, cw = h0, min(w0, int(h0 * tw / th))
+        else:
+            ch, cw = min(h0, int(w0 * th / tw)), w0
+        y0, x0 = int(round((h0 - ch) / 2.0)), int(round((w0 - cw) / 2.0))
+        x = x[:, y0:y0 + ch, x0:x0 + cw]
+        if (ch, cw) != (th, tw):
+            x = F.interpolate(x[None], size=(th, tw), mode="bilinear", align_corners=False, antialias=True)[0]
+        imgs.append(x)
+        stems.append(p.stem)
+        orig.append((h0, w0))
+        crops.append((x0, y0, cw, ch))
+    if not imgs:
+        raise InputError("no images to segment")
+    return LoadedImages(torch.stack(imgs), stems, orig, crops)
+
+
+def merge_output(out, merge: str = "standard_v2", seed: int = 0) -> PanopticResult:
+    """Run the chosen merge on a `PanSt3ROutput`."""
+    if merge == "qubo":
+        return panoptic_qubo(out.pred_logits, out.pred_masks, out.true_shape, seed=seed)
+    if merge in ("standard_v2", "standard_v1"):
+        return panoptic_standard(out.pred_logits, out.pred_masks, out.true_shape, version=merge[-2:])
+    raise ValueError(f"unknown merge {merge!r}; use one of {', '.join(MERGES)}")
+
+
+def _to_original(label: np.ndarray, hw0: tuple[int, int], crop: tuple[int, int, int, int]) -> np.ndarray:
+    """Network-resolution labels -> original image size (nearest); outside the centre crop -> 0."""
+    x0, y0, cw, ch = crop
+    t = torch.from_numpy(label.astype(np.int64))[None, None].double()
+    up = F.interpolate(t, size=(ch, cw), mode="nearest")[0, 0].numpy().astype(label.dtype)
+    full = np.zeros(hw0, dtype=label.dtype)
+    full[y0:y0 + ch, x0:x0 + cw] = up
+    return full
+
+
+def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Tensor, class_names: Sequence[str],
+                   out_dir: Path, *, num_keyframes: Optional[int] = None, keyframe_method: str = "linspace",
+                   merge: str = "standard_v2", seed: int = 0, size: int = 512, progress: bool = True,
+                   resize_to_original: bool = True) -> Path:
+    """Segment images jointly with a PanSt3R model and write the folder described in the module docstring."""
+    if merge not in MERGES:
+        raise InputError(f"unknown merge method {merge!r}; use one of {', '.join(MERGES)}")
+    if text_embeddings.ndim != 2 or text_embeddings.shape[0] != len(class_names):
+        raise InputError(f"text embeddings are {tuple(text_embeddings.shape)} but the vocabulary has "
+                         f"{len(class_names)} classes; give one embedding row per class name")
+    if len(class_names) > 254:
+        raise InputError(f"{len(class_names)} classes do not fit uint8 semantics maps (max 254); shorten the vocabulary")
+    paths = [Path(p) for p in image_paths]
+    if not paths:
+        raise InputError("no images to segment; pass a folder holding .png/.jpg images")
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise InputError(f"two images share the stem {dup!r}; rename one so that every output file is unique")
+    patch = getattr(getattr(model, "config", None), "patch_size", 16)
+    loaded = load_images(paths, size=size, patch=patch)
+    V = loaded.images.shape[0]
+
+    encoded = None
+    if keyframe_method == "fps":
+        encoded = model.encode(loaded.images, progress=progress)
+        kf = select_keyframes(V, num_keyframes, "fps", descriptors=image_descriptors(encoded.x_enc), seed=seed)
+    else:
+        kf = select_keyframes(V, num_keyframes, keyframe_method, seed=seed)
+    kwargs = {"encoded": encoded} if encoded is not None else {}
+    with torch.no_grad():
+        out = model.infer(loaded.images, kf, text_embeddings, progress=progress, **kwargs)
+    res = merge_output(out, merge, seed)
+    Ks, c2w = recover_cameras(out)
+    H, W = out.true_shape
+
+    names = list(class_names)
+    seg_class = {s["id"]: int(s["category_id"]) + 1 for s in res.segments}  # vocabulary index + 1, 0 = void
+    lut = np.zeros(max(seg_class, default=0) + 1, dtype=np.uint8)
+    for sid, c in seg_class.items():
+        lut[sid] = c
+    if max(seg_class, default=0) > np.iinfo(np.uint16).max:
+        raise ValueError("more segments than uint16 ids")
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for d in ("instance", "semantics", "confidence", "preview"):
+            (tmp / d).mkdir()
+        cams = {}
+        for v, stem in enumerate(loaded.stems):
+            inst = res.pan[v].astype(np.uint16)  # [H, W]
+            sem = lut[res.pan[v]]
+            rgb = ((loaded.images[v].permute(1, 2, 0).numpy() * 0.5 + 0.5).clip(0, 1) * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(overlay(rgb, inst)).save(tmp / "preview" / f"{stem}.jpg", quality=90)
+            np.save(tmp / "confidence" / f"{stem}.npy", res.conf[v].astype(np.float16))
+            if resize_to_original:
+                inst = _to_original(inst, loaded.original_hw[v], loaded.crops[v])
+                sem = _to_original(sem, loaded.original_hw[v], loaded.crops[v])
+            write_png(tmp / "instance" / f"{stem}.png", inst)
+            write_png(tmp / "semantics" / f"{stem}.png", sem)
+            x0, y0, cw, ch = loaded.crops[v]
+            cams[stem] = {"K": Ks[v].tolist(), "c2w": c2w[v].tolist(), "width": W, "height": H,
+                          "original_width": loaded.original_hw[v][1], "original_height": loaded.original_hw[v][0],
+                          "crop_xywh": [x0, y0, cw, ch], "scale_to_original": cw / W}
+        segments = {str(s["id"]): {"class_id": seg_class[s["id"]], "class_name": names[int(s["category_id"])],
+                                   "score": float(s["score"]), "area": int(s["area"]), "query_id": int(s["query_id"])}
+                    for s in res.segments}
+        write_json(tmp / "segments.json", segments)
+        write_json(tmp / "cameras.json", cams)
+        np.savez(tmp / "pointmaps.npz", pts3d=out.pts3d.float().numpy(), pts3d_local=out.pts3d_local.float().numpy(),
+                 conf=out.conf.float().numpy(), stems=np.array(loaded.stems))
+        write_json(tmp / "meta.json", {
+            "kind": "panst3r", "variant": getattr(model, "variant", None), "merge": merge, "seed": seed,
+            "keyframes": [loaded.stems[k] for k in kf], "keyframe_method": keyframe_method,
+            "vocabulary": names, "semantics": "class id = vocabulary index + 1, 0 = void",
+            "network_hw": [H, W], "labels_at": "original" if resize_to_original else "network",
+            "stems": loaded.stems, "num_segments": len(res.segments),
+        })
+    return out_dir
