@@ -140,7 +140,7 @@ def panoptic_standard(pred_logits: torch.Tensor, pred_masks: Sequence[torch.Tens
             won += np.bincount(owner[keep].numpy(), minlength=cand.numel())
             if first:
                 area_now += cnt.numpy()
-            owners.append((owner, val))
+            owners.append((owner.to(torch.int16 if cand.numel() < 32768 else torch.int32), val))
         if first:
             orig_area = np.zeros(scores.numel(), dtype=np.int64)
             orig_area[cand.numpy()] = area_now
@@ -159,6 +159,7 @@ def panoptic_standard(pred_logits: torch.Tensor, pred_masks: Sequence[torch.Tens
         return res
     ids = torch.cumsum(selected.to(torch.int32), 0) * selected  # [K] segment id per candidate, 0 if dropped
     for owner, val in owners:
+        owner = owner.long()
         assigned = (val >= mask_threshold) & selected[owner]
         res.pan.append(torch.where(assigned, ids[owner], 0).to(torch.int32).numpy())
         res.conf.append(torch.where(assigned, val, torch.tensor(void_confidence)).to(torch.float32).numpy())
