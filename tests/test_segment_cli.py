@@ -15,12 +15,16 @@ from panst3r.cli import SegmentArgs, list_images, load_text_embeddings, read_voc
 
 
 def _tiny_model(variant: str):
+    """Tiny pseudo-random network: `panst3r.build_model` (the package API), else the model class itself."""
+    try:
+        from panst3r.model import PanSt3R, tiny_config
+    except ImportError as e:
+        pytest.skip(f"the PanSt3R network (panst3r.model: PanSt3R, tiny_config) is not available: {e}")
+    torch.manual_seed(0)
     try:
         from panst3r import build_model
-        from panst3r.model import tiny_config
-    except ImportError as e:
-        pytest.skip(f"the PanSt3R network (panst3r.build_model / panst3r.model.tiny_config) is not available: {e}")
-    torch.manual_seed(0)
+    except ImportError:
+        return PanSt3R(tiny_config(variant)).eval()
     return build_model(variant, tiny_config(variant)).eval()
 
 
