@@ -39,7 +39,8 @@ ALPHA_MIN = 1.0 / 255.0  # gsplat ALPHA_THRESHOLD
 T_STOP = 1e-4  # a pixel is done when the next T would be <= this
 EXTEND = 3.33  # gsplat's 3σ-ish box, tightened by opacity
 TILE = 8  # tile side in pixels (numerics do not depend on it)
-_BLOCK = 12288  # target tile-entries per block (n_tiles · K); bounds memory and Python overhead
+_BLOCK = 2048  # target tile-entries per block (tiles · K): the block tensors [tiles, K, 64] stay in cache
+_GROUP = 1024  # tiles processed together (longest lists first); all of a 256×192 image
 _KMIN, _KMAX = 16, 256
 
 
@@ -175,156 +176,184 @@ def _bin(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int
 # ---------------------------------------------------------------------------------------------------------
 # compositing
 # ---------------------------------------------------------------------------------------------------------
-def _block_alpha(tab: Tensor, ids: Tensor, x0: Tensor, y0: Tensor, pix: Tensor):
-    """α of a block of list entries at the 64 pixels of their tiles.
+_LOG2E = 1.0 / math.log(2.0)  # α is evaluated with exp2 (about 3× faster than exp on CPU)
 
-    tab [N+1, 6] (mx, my, a, b, c, log o), ids [n, K] -> raw log-α [n, K, P], α [n, K, P] (clamped, thresholded),
-    and the per-entry offsets dx [n, K, TILE], dy [n, K, TILE] (mean minus pixel centre).
+
+def _offsets(tab: Tensor, ids: Tensor, x0: Tensor, y0: Tensor, pix: Tensor):
+    """Per-entry parameters and mean-minus-pixel-centre offsets along the tile's columns and rows.
+
+    tab [N+1, 6] (mx, my, a, b, c, log o), ids [n, K] -> (a, b, c, log o) each [n, K], dx, dy [n, TILE, K].
     """
     g = tab[ids]  # [n, K, 6]
     mx, my, a, b, c, lo = g.unbind(-1)  # [n, K]
-    dx = mx[..., None] - (x0[:, None, None] + pix)  # [n, K, TILE] (pix holds the +0.5 centres)
-    dy = my[..., None] - (y0[:, None, None] + pix)
-    na = (-0.5 * a)[..., None] * dx * dx  # [n, K, TILE] along columns
-    nb = lo[..., None] - (0.5 * c)[..., None] * dy * dy  # along rows
-    nbdy = -(b[..., None] * dy)
-    logit = torch.addcmul(na[:, :, None, :] + nb[..., None], nbdy[..., None], dx[:, :, None, :])  # [n, K, T, T]
-    logit = logit.flatten(2)  # [n, K, P]
-    alpha = torch.exp(logit).clamp_max_(ALPHA_MAX)
-    alpha = alpha.masked_fill_(alpha < ALPHA_MIN, 0.0)
-    return logit, alpha, dx, dy
+    dx = mx[:, None, :] - (x0[:, None, None] + pix[None, :, None])  # [n, TILE, K] (pix: the +0.5 centres)
+    dy = my[:, None, :] - (y0[:, None, None] + pix[None, :, None])
+    return a, b, c, lo, dx, dy
 
 
-def _scan(alpha: Tensor, T_run: Tensor):
-    """Transmittance of a block. alpha [n, K, P], T_run [n, P] (0 where finished) -> (T before, T after, kept)."""
+def _block(tab: Tensor, ids: Tensor, x0: Tensor, y0: Tensor, pix: Tensor, T_run: Tensor, a_min: float):
+    """One block of list entries at the 64 pixels of their tiles, pixel-major ([n, P, K], K innermost).
+
+    Returns α [n, P, K] (clamped to ALPHA_MAX, 0 below ALPHA_MIN), T after each entry T_in [n, P, K] and the
+    blending weights w = α·T_before [n, P, K], zero from the entry that would end the pixel on (T ≤ T_STOP).
+    T_run [n, P] is the transmittance entering the block, 0 for finished pixels.
+    """
+    a, b, c, lo, dx, dy = _offsets(tab, ids, x0, y0, pix)
+    n, K = ids.shape
+    na = (-0.5 * _LOG2E * a)[:, None, :] * dx * dx  # [n, TILE(c), K]
+    nb = (_LOG2E * lo)[:, None, :] - (0.5 * _LOG2E * c)[:, None, :] * dy * dy  # [n, TILE(r), K]
+    nbdy = (-_LOG2E * b)[:, None, :] * dy
+    # log2 α before clamping, [n, r, c, K]: -(½a dx² + b dx dy + ½c dy²)/ln 2 + log2 o
+    l2 = torch.addcmul(nb[:, :, None, :] + na[:, None, :, :], nbdy[:, :, None, :], dx[:, None, :, :])
+    alpha = l2.view(n, TILE * TILE, K).exp2_().clamp_max_(ALPHA_MAX)  # [n, P, K]
+    alpha = torch.nn.functional.threshold_(alpha, a_min, 0.0)  # keeps α >= ALPHA_MIN
     om = 1.0 - alpha
-    T_in = torch.cumprod(om, dim=1) * T_run[:, None, :]  # [n, K, P] T after each entry
-    T_ex = torch.cat([T_run[:, None, :], T_in[:, :-1]], 1)  # T before each entry
-    keep = T_in > T_STOP  # prefix of each pixel's list (T is non-increasing)
-    return om, T_ex, T_in, keep
+    om[:, :, 0] *= T_run
+    T_in = torch.cumprod(om, dim=-1)  # [n, P, K] T after each entry
+    w = torch.empty_like(T_in)  # α·T_before = T_before − T_after
+    torch.sub(T_run, T_in[:, :, 0], out=w[:, :, 0])
+    torch.sub(T_in[:, :, :-1], T_in[:, :, 1:], out=w[:, :, 1:])
+    w.mul_(T_in > T_STOP)  # the pixel ends before the entry that takes T to <= 1e-4
+    return alpha, T_in, w
+
+
+def _grad_weights(alpha: Tensor, T_in: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """What the backward needs of a block: w with clamped α zeroed (no gradient through the clamp) and
+    T_in floored at T_STOP (the divisor of α/(1−α) = w/T_in; it only matters where w > 0)."""
+    if bool(alpha.max() >= ALPHA_MAX):
+        wl = w * (alpha < ALPHA_MAX)
+    else:
+        wl = w
+    return wl, T_in.clamp_min(T_STOP)
+
+
+def _a_min(dtype: torch.dtype) -> float:
+    """Largest value below ALPHA_MIN in `dtype`, so that `threshold(x > a_min)` keeps exactly α >= 1/255."""
+    t = torch.tensor(ALPHA_MIN, dtype=dtype)
+    return float(torch.nextafter(t, torch.zeros_like(t)))
 
 
 def _to_tiles(img: Tensor, plan: _Plan) -> Tensor:
-    """[H, W, D] -> [TW·TH, P, D] in tile order (zero padded at the border)."""
+    """[H, W, D] -> [TW·TH, D, P] in tile order, channel-major (zero padded at the border)."""
     H, W, D = img.shape
     pad = img.new_zeros(plan.th * TILE, plan.tw * TILE, D)
     pad[:H, :W] = img
-    return pad.reshape(plan.th, TILE, plan.tw, TILE, D).permute(0, 2, 1, 3, 4).reshape(-1, TILE * TILE, D)
+    return pad.reshape(plan.th, TILE, plan.tw, TILE, D).permute(0, 2, 4, 1, 3).reshape(-1, D, TILE * TILE)
 
 
 def _from_tiles(t: Tensor, plan: _Plan, H: int, W: int) -> Tensor:
-    """[TW·TH, P, D] -> [H, W, D]."""
-    D = t.shape[-1]
-    return t.reshape(plan.th, plan.tw, TILE, TILE, D).permute(0, 2, 1, 3, 4).reshape(
+    """[TW·TH, D, P] -> [H, W, D]."""
+    D = t.shape[1]
+    return t.reshape(plan.th, plan.tw, D, TILE, TILE).permute(0, 3, 1, 4, 2).reshape(
         plan.th * TILE, plan.tw * TILE, D)[:H, :W]
 
 
+_SAVE_BYTES = 768 << 20  # keep the forward's per-block tensors for the backward up to this size, else replay
+
+
 def _forward(tab: Tensor, cols: Tensor, plan: _Plan, record: bool):
-    """Composite all tiles. tab [N+1, 6], cols [N+1, D] -> acc [n_t, P, D], T_out [n_t, P], block log."""
+    """Composite all tiles. tab [N+1, 6], cols [N+1, D] -> acc [n_t, D, P], block log for the backward.
+
+    The log holds (rows, start, stop, T_run entering, saved (w, w_live, T_floor) or None) per block.
+    """
     n_t = plan.ids.shape[0]
     P = TILE * TILE
     dev, dt = tab.device, tab.dtype
     pix = torch.arange(TILE, device=dev, dtype=dt) + 0.5
-    acc = torch.zeros(n_t, P, cols.shape[1], device=dev, dtype=dt)
-    T_out = torch.ones(n_t, P, device=dev, dtype=dt)
+    a_min = _a_min(dt)
+    acc = torch.zeros(n_t, cols.shape[1], P, device=dev, dtype=dt)  # channel-major: small-D bmm is fast
     T_run = torch.ones(n_t, P, device=dev, dtype=dt)
-    rows = torch.arange(n_t, device=dev)
     log = []
+    saved_bytes = 0
     L = plan.ids.shape[1]
-    s = 0
-    while s < L and len(rows):
-        K = max(_KMIN, min(_KMAX, _BLOCK // len(rows)))
-        e = min(s + K, L)
-        ids = plan.ids[rows, s:e]  # [n, K]
-        if record:
-            log.append((rows, s, e))
-        _, alpha, _, _ = _block_alpha(tab, ids, plan.x0[rows], plan.y0[rows], pix)
-        Tr = T_run[rows]
-        om, T_ex, T_in, keep = _scan(alpha, Tr)
-        w = torch.where(keep, alpha * T_ex, 0.0)  # [n, K, P]
-        acc.index_add_(0, rows, torch.bmm(w.transpose(1, 2), cols[ids]))
-        last = T_in[:, -1]  # [n, P]
-        done = last <= T_STOP
-        T_out[rows] = torch.where(done, T_out[rows] - w.sum(1), last)
-        T_run[rows] = last.masked_fill(done, 0.0)
-        s = e
-        # drop tiles whose list ended or whose pixels are all finished
-        alive = (plan.counts[rows] > s) & (T_run[rows] > 0).any(1)
-        rows = rows[alive]
-    return acc, T_out, log
+    for g0 in range(0, n_t, _GROUP):
+        # tiles are sorted by list length, so a group's lists are of similar length
+        rows = torch.arange(g0, min(g0 + _GROUP, n_t), device=dev)
+        s = 0
+        while s < L and len(rows):
+            K = max(_KMIN, min(_KMAX, _BLOCK // len(rows)))
+            e = min(s + K, L)
+            ids = plan.ids[rows, s:e]  # [n, K]
+            Tr = T_run[rows]  # [n, P]
+            alpha, T_in, w = _block(tab, ids, plan.x0[rows], plan.y0[rows], pix, Tr, a_min)
+            acc.index_add_(0, rows, torch.bmm(cols[ids].transpose(1, 2), w.transpose(1, 2)))  # [n, D, P]
+            last = T_in[:, :, -1]  # [n, P]
+            T_run[rows] = last.masked_fill(last <= T_STOP, 0.0)
+            if record:
+                keep = None
+                if saved_bytes < _SAVE_BYTES:
+                    keep = (w,) + _grad_weights(alpha, T_in, w)
+                    saved_bytes += w.numel() * 3 * w.element_size()
+                log.append((rows, s, e, Tr, keep))
+            s = e
+            # drop tiles whose list ended or whose pixels are all finished
+            alive = (plan.counts[rows] > s) & (T_run[rows] > 0).any(1)
+            rows = rows[alive]
+    return acc, log
 
 
 class _Composite(torch.autograd.Function):
-    """Front-to-back compositing of one camera with a hand-written backward over the same blocks."""
+    """Front-to-back compositing of one camera with a hand-written backward over the same blocks.
+
+    The last colour channel must be all ones: its composite is the alpha, and it carries the gradient of
+    everything that depends on the final transmittance (alpha, background), so no special case is needed.
+    """
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, colors, background, plan: _Plan, width: int, height: int):
-        # means2d [N, 2], conics [N, 3], opacities [N], colors [N, D], background [D]
+    def forward(ctx, means2d, conics, opacities, colors, plan: _Plan, width: int, height: int):
+        # means2d [N, 2], conics [N, 3], opacities [N], colors [N, D] -> composite [H, W, D] (no background)
         tab, cols = _tables(means2d, conics, opacities, colors)
-        acc, T_out, log = _forward(tab, cols, plan, record=ctx.needs_input_grad[:5] != (False,) * 5)
-        img, alpha = _assemble(acc, T_out, background, plan, width, height)
-        ctx.plan, ctx.log, ctx.size = plan, log, (width, height)
-        ctx.save_for_backward(tab, cols, acc, T_out, background, opacities)
-        return img, alpha
+        acc, log = _forward(tab, cols, plan, record=any(ctx.needs_input_grad[:4]))
+        full = acc.new_zeros(plan.tw * plan.th, acc.shape[1], TILE * TILE)
+        full[plan.tiles] = acc
+        ctx.plan, ctx.log = plan, log
+        ctx.save_for_backward(tab, cols, acc, opacities)
+        return _from_tiles(full, plan, height, width).contiguous()
 
     @staticmethod
-    def backward(ctx, g_img, g_alpha):
-        tab, cols, acc, T_out, background, opac = ctx.saved_tensors
-        plan, (width, height) = ctx.plan, ctx.size
-        n_t, P, D = acc.shape
+    def backward(ctx, g_img):
+        tab, cols, acc, opac = ctx.saved_tensors
+        plan = ctx.plan
+        n_t, D, P = acc.shape
         dev, dt = tab.device, tab.dtype
-        all_gc = _to_tiles(g_img, plan)  # [TW·TH, P, D]
-        all_ga = _to_tiles(g_alpha, plan)[..., 0]  # [TW·TH, P]
-        g_bg = (all_gc * _to_tiles(_t_image(T_out, plan, height, width), plan)).sum((0, 1))  # [D]
-        gC = all_gc[plan.tiles]  # [n_t, P, D]
-        gA = all_ga[plan.tiles]
-        S_tot = (acc * gC).sum(-1)  # [n_t, P] Σ_all w f
-        R = T_out * ((gC * background).sum(-1) - gA)  # [n_t, P] dL/dT_out · T_out
+        gC = _to_tiles(g_img, plan)[plan.tiles]  # [n_t, D, P]
+        S_pre = (acc * gC).sum(1).neg_()  # [n_t, P] running −Σ_{j<=i} w f, starting at −Σ_all
         pix = torch.arange(TILE, device=dev, dtype=dt) + 0.5
+        a_min = _a_min(dt)
         g_tab = torch.zeros_like(tab)
         g_cols = torch.zeros_like(cols)
-        T_run = torch.ones(n_t, P, device=dev, dtype=dt)
-        S_pre = torch.zeros(n_t, P, device=dev, dtype=dt)
-        for rows, s, e in ctx.log:
+        for rows, s, e, Tr, saved in ctx.log:
             ids = plan.ids[rows, s:e]  # [n, K]
             n, K = ids.shape
-            logit, alpha, dx, dy = _block_alpha(tab, ids, plan.x0[rows], plan.y0[rows], pix)
-            Tr = T_run[rows]
-            om, T_ex, T_in, keep = _scan(alpha, Tr)
-            w = torch.where(keep, alpha * T_ex, 0.0)  # [n, K, P]
-            c = cols[ids]  # [n, K, D]
-            gc = gC[rows]  # [n, P, D]
-            f = torch.bmm(c, gc.transpose(1, 2))  # [n, K, P] colour · output grad
-            pre = torch.cumsum(w * f, 1) + S_pre[rows][:, None, :]  # Σ_{j<=i} w f
-            rest = (S_tot[rows] + R[rows])[:, None, :] - pre  # Σ_{j>i} w f + T_out dL/dT_out
-            d_alpha = T_ex * f - rest / om
-            # gradient reaches o and σ only where α was used and not clamped
-            live = keep & (alpha > 0) & (logit < math.log(ALPHA_MAX))
-            G = torch.where(live, d_alpha * alpha, 0.0).view(n, K, TILE, TILE)  # dL/d(log o − σ)
-            Gc = G.sum(2)  # [n, K, TILE] per column
-            Gr = G.sum(3)  # [n, K, TILE] per row
-            s_dx = (Gc * dx).sum(-1)  # [n, K] Σ G dx
-            s_dy = (Gr * dy).sum(-1)
-            s_dxx = (Gc * dx * dx).sum(-1)
-            s_dyy = (Gr * dy * dy).sum(-1)
-            s_dxy = (torch.matmul(G, dx[..., None])[..., 0] * dy).sum(-1)
-            g_all = G.sum((2, 3))
-            a, b, cc = tab[ids, 2], tab[ids, 3], tab[ids, 4]
+            if saved is None:
+                alpha, T_in, w = _block(tab, ids, plan.x0[rows], plan.y0[rows], pix, Tr, a_min)
+                wl, Tc = _grad_weights(alpha, T_in, w)
+            else:
+                w, wl, Tc = saved  # [n, P, K] each
+            a, b, cc, _, dx, dy = _offsets(tab, ids, plan.x0[rows], plan.y0[rows], pix)
+            gc = gC[rows]  # [n, D, P]
+            f = torch.bmm(gc.transpose(1, 2), cols[ids].transpose(1, 2))  # [n, P, K] colour · output grad
+            wf = w * f
+            rest = torch.cumsum(wf, -1).add_(S_pre[rows][:, :, None]).neg_()  # Σ_{j>i} w f
+            S_pre[rows] = -rest[:, :, -1]
+            # dL/d(log o − σ) = α·dL/dα = w·f − α/(1−α)·Σ_{j>i} w f, and α/(1−α) = w/T_in
+            G = (wl * (f - rest / Tc)).view(n, TILE, TILE, K)  # [n, r, c, K]
+            Gc = G.sum(1)  # [n, TILE(c), K]
+            Gr = G.sum(2)  # [n, TILE(r), K]
+            s_dx = (Gc * dx).sum(1)  # [n, K] Σ G dx
+            s_dy = (Gr * dy).sum(1)
+            s_dxx = (Gc * dx * dx).sum(1)
+            s_dyy = (Gr * dy * dy).sum(1)
+            s_dxy = ((G * dx[:, None]).sum(2) * dy).sum(1)
+            g_all = Gc.sum(1)
             upd = torch.stack([-(a * s_dx + b * s_dy), -(cc * s_dy + b * s_dx),
                                -0.5 * s_dxx, -s_dxy, -0.5 * s_dyy, g_all], -1)  # [n, K, 6]
             flat = ids.reshape(-1)
             g_tab.index_add_(0, flat, upd.reshape(-1, 6))
-            g_cols.index_add_(0, flat, torch.bmm(w, gc).reshape(-1, D))
-            # carries, exactly as in the forward
-            last = T_in[:, -1]
-            done = last <= T_STOP
-            T_run[rows] = last.masked_fill(done, 0.0)
-            S_pre[rows] = pre[:, -1]
+            g_cols.index_add_(0, flat, torch.bmm(gc, w).transpose(1, 2).reshape(-1, D))  # [n, K, D]
         N = opac.shape[0]
-        g_m2d = g_tab[:N, 0:2]
-        g_con = g_tab[:N, 2:5]
         g_op = g_tab[:N, 5] / opac.clamp_min(1e-30)
-        return g_m2d, g_con, g_op, g_cols[:N], g_bg, None, None, None
+        return g_tab[:N, 0:2], g_tab[:N, 2:5], g_op, g_cols[:N], None, None, None
 
 
 def _tables(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor) -> tuple[Tensor, Tensor]:
@@ -335,23 +364,6 @@ def _tables(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor) 
     tab = torch.cat([tab, pad], 0)
     cols = torch.cat([colors, colors.new_zeros(1, colors.shape[1])], 0)
     return tab, cols
-
-
-def _t_image(T_out: Tensor, plan: _Plan, H: int, W: int) -> Tensor:
-    """Final transmittance as an image [H, W, 1] (1 on tiles nobody touches)."""
-    full = T_out.new_ones(plan.tw * plan.th, TILE * TILE, 1)
-    full[plan.tiles] = T_out[..., None]
-    return _from_tiles(full, plan, H, W)
-
-
-def _assemble(acc: Tensor, T_out: Tensor, background: Tensor, plan: _Plan, W: int, H: int):
-    """Tile accumulators -> image [H, W, D] (background under the remaining T) and alpha [H, W, 1]."""
-    D = acc.shape[-1]
-    full = acc.new_zeros(plan.tw * plan.th, TILE * TILE, D)
-    full[plan.tiles] = acc
-    T_img = _t_image(T_out, plan, H, W)  # [H, W, 1]
-    img = _from_tiles(full, plan, H, W) + T_img * background
-    return img.contiguous(), (1.0 - T_img).contiguous()
 
 
 def composite(means2d: Tensor,  # [N, 2]
@@ -366,9 +378,12 @@ def composite(means2d: Tensor,  # [N, 2]
     """One camera's image [H, W, D] and alpha [H, W, 1]; differentiable in means2d, conics, opacities,
     colors and background."""
     plan = _bin(means2d.detach(), radii, depths.detach(), width, height)
-    if background is None:
-        background = colors.new_zeros(colors.shape[1])
-    return _Composite.apply(means2d, conics, opacities, colors, background.to(colors.dtype), plan, width, height)
+    ones = colors.new_ones(colors.shape[0], 1)
+    out = _Composite.apply(means2d, conics, opacities, torch.cat([colors, ones], 1), plan, width, height)
+    img, alpha = out[..., :-1], out[..., -1:]  # [H, W, D], [H, W, 1]
+    if background is not None:
+        img = img + (1.0 - alpha) * background.to(img.dtype)
+    return img, alpha
 
 
 def composite_reference(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, radii: Tensor,
