@@ -136,15 +136,15 @@ def _preset(**kw) -> TrainConfig:
 
 # Presets are data: a full TrainConfig each. "cpu" is the measured CPU default (bench/train_demo.py);
 # "paper" is 3DGS' 30k-iteration schedule that PanSt3R uses.
-_CPU = dict(iterations=1500, scale=1.0, sh_degree=1, sh_degree_interval=500, lr_means_final=1.6e-5,
-            refine_start=200, refine_stop=1100, refine_every=100, reset_every=100_000, grow_grad2d=2e-4,
-            max_gaussians=40_000, init_points=20_000, checkpoint_every=500, log_every=10)
+_CPU = dict(iterations=800, scale=1.0, sh_degree=1, sh_degree_interval=400, lr_means_final=1.6e-5,
+            refine_start=200, refine_stop=600, refine_every=100, reset_every=100_000, max_gaussians=30_000,
+            init_points=20_000, checkpoint_every=200, log_every=10, threads=1)
 _CPU_FAST = dict(iterations=300, scale=0.5, sh_degree=0, sh_degree_interval=1000, lr_means_final=1.6e-5,
                  refine_start=100, refine_stop=250, refine_every=50, reset_every=100_000, max_gaussians=15_000,
-                 init_points=10_000, checkpoint_every=100, log_every=10)
+                 init_points=10_000, checkpoint_every=100, log_every=10, threads=1)
 _TINY = dict(iterations=60, scale=1.0, sh_degree=0, lr_means_final=1.6e-5, refine_start=20, refine_stop=50,
              refine_every=10, reset_every=100_000, max_gaussians=4000, init_points=2000, checkpoint_every=20,
-             log_every=5)
+             log_every=5, threads=1)
 PRESETS: dict[str, TrainConfig] = {
     "cpu": _preset(**_CPU),
     "cpu_fast": _preset(**_CPU_FAST),

@@ -19,6 +19,15 @@ from splat.train import (PRESETS, TrainConfig, _cap_gaussians, _instance_targets
 from splat.render import Cameras
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: bit-reproducible and no OpenMP stalls on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     from pipeline.scene import load_scene
@@ -47,14 +56,14 @@ def _params(g) -> dict[str, torch.Tensor]:
 
 def test_loss_falls_and_psnr_rises(tiny):
     scene, maps = tiny
-    cfg = _cfg(iterations=100)
+    cfg = _cfg(iterations=60)
     xyz, rgb, src = points_for_scene(scene, cfg.init_points, cfg.seed)
     assert src == "ply"
     g0 = init_gaussians(xyz, rgb, sh_degree=cfg.sh_degree, seed=cfg.seed)
     psnr0, _ = evaluate_psnr(g0, scene, scene.test)
     res = train(scene, cfg, instance_maps=maps, progress=False)
     h = res.history
-    assert [e["step"] for e in h] == list(range(1, 101))
+    assert [e["step"] for e in h] == list(range(1, 61))
     first = np.mean([e["loss"] for e in h[:10]])
     last = np.mean([e["loss"] for e in h[-10:]])
     assert last < 0.8 * first, (first, last)
@@ -105,13 +114,13 @@ def test_panoptic_loss_reaches_geometry_and_pan_colours(tiny):
     assert loss > 0
     for k in ("means", "scales", "opacities", "quats", "pan"):
         assert g[k].grad is not None and g[k].grad.abs().sum() > 0, k
-    assert g["sh0"].grad is None  # the RGB colours play no part in L_pan
+    assert g["sh0"].grad is None or not g["sh0"].grad.any()  # the RGB colours play no part in L_pan
 
 
 def test_void_pixels_do_not_contribute(tiny):
     scene, maps = tiny
     loss, g = _pan_grads(scene, maps, void_all=True)
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
     assert all(g[k].grad is None or g[k].grad.abs().sum() == 0 for k in ("means", "pan", "opacities"))
     # hand-computed masked L1: only the valid pixel counts, averaged over its 3 channels
     pred = torch.tensor([[[[0.2, 0.4, 0.6], [1.0, 1.0, 1.0]]]])  # [1, 1, 2, 3]
