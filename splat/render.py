@@ -142,6 +142,8 @@ def render(gaussians: Mapping[str, Tensor], cameras: Cameras, features: Tensor |
         background = background.to(dev)
 
     if backend == "gsplat":
+        if dev.type != "cuda":
+            raise ValueError("backend 'gsplat' rasterises on CUDA only; move the Gaussians to a GPU or use backend='torch'")
         return _render_gsplat(means, quats, scales, opac, gaussians, features, viewmats, Ks, cameras, sh_degree,
                               background, near_plane, far_plane, eps2d, render_depth)
 
