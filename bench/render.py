@@ -77,19 +77,21 @@ def camera(width: int, height: int) -> Cameras:
     return Cameras(vm[None], K[None], width, height)
 
 
-def _time(fn, repeats: int, sync) -> float:
+def _time(fn, repeats: int, sync) -> tuple[float, float]:
+    """Median wall time and median process CPU time (the CPU time is steadier on a shared machine)."""
     fn()
     sync()
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        cs.append(time.process_time() - c0)
+    return statistics.median(ts), statistics.median(cs)
 
 
-def bench_case(n: int, width: int, height: int, backend: str, device: str, repeats: int) -> tuple[float, float, dict]:
+def bench_case(n: int, width: int, height: int, backend: str, device: str, repeats: int):
     g = {k: v.to(device) for k, v in room_scene(n).items()}
     cams = camera(width, height).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -119,6 +121,7 @@ def main():
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    load = _load()
     rows = []
     configs = [("torch", "cpu", t) for t in args.threads]
     if torch.cuda.is_available():
@@ -129,15 +132,24 @@ def main():
         for size in args.sizes:
             w, h = map(int, size.split("x"))
             for n in args.counts:
-                t_f, t_fb, info = bench_case(n, w, h, backend, device, args.repeats)
+                (t_f, c_f), (t_fb, c_fb), info = bench_case(n, w, h, backend, device, args.repeats)
                 dev = f"{device}×{threads}" if threads else device
-                rows.append((backend, dev, size, n, info["visible"], info["coverage"], t_f, t_fb))
+                rows.append((backend, dev, size, n, info["visible"], info["coverage"], t_f, c_f, t_fb, c_fb))
                 print(f"{backend:7s} {dev:6s} {size:8s} {n:6d}  fwd {t_f * 1e3:8.1f} ms  fwd+bwd {t_fb * 1e3:8.1f} ms",
                       flush=True)
-    print("\n| backend | device | size | N | visible | mean α | forward ms/view | fwd+bwd ms/view |")
+    print(f"\nload average before the run: {load}; CPU ms = process CPU time (all threads)")
+    print("| backend | device | size | N | visible | mean α | forward ms/view (CPU ms) | fwd+bwd ms/view (CPU ms) |")
     print("|---|---|---|---|---|---|---|---|")
-    for b, d, s, n, vis, cov, tf, tfb in rows:
-        print(f"| {b} | {d} | {s} | {n} | {vis} | {cov:.2f} | {tf * 1e3:.1f} | {tfb * 1e3:.1f} |")
+    for b, d, s, n, vis, cov, tf, cf, tfb, cfb in rows:
+        print(f"| {b} | {d} | {s} | {n} | {vis} | {cov:.2f} | {tf * 1e3:.1f} ({cf * 1e3:.0f}) | {tfb * 1e3:.1f} ({cfb * 1e3:.0f}) |")
+
+
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 if __name__ == "__main__":
