@@ -266,7 +266,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, topk: int = 0
                              "through the uplift stage first")
     out = Path(out) if out is not None else run_dir / "export"
     result = UpliftResult.load(run_dir / "uplift" / "uplift.npz")
-    gaussians = load_ply(run_dir / "splat" / "gaussians.ply")
+    gaussians, _extra = load_ply(run_dir / "splat" / "gaussians.ply")
     with atomic_dir(out) as tmp:
         legend = export_labelled(tmp / "labelled.ply", gaussians, result, legend_classes(run_dir / "uplift"),
                                  PANLIFT_CLASSES, per_instance_dir=tmp / "instances", topk=topk)

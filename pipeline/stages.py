@@ -564,7 +564,7 @@ def _scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
 def _load_gaussians(ctx: StageContext):
     from splat.ply import load_ply
 
-    g = load_ply(ctx.stage_dir("splat") / "gaussians.ply")
+    g, _extra = load_ply(ctx.stage_dir("splat") / "gaussians.ply")
     return {k: v.to(ctx.device) for k, v in g.items()} if ctx.device != "cpu" else g
 
 
