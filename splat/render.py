@@ -136,8 +136,10 @@ def render(gaussians: Mapping[str, Tensor], cameras: Cameras, features: Tensor |
     Ks = cameras.Ks.to(dev, means.dtype)
     quats, scales = gaussians["quats"], torch.exp(gaussians["scales"])
     opac = torch.sigmoid(gaussians["opacities"])
-    if features is not None and features.dim() not in (2, 3):
-        raise ValueError(f"features must be [N, D] or [C, N, D]; got {tuple(features.shape)}")
+    N = means.shape[0]
+    if features is not None and (features.dim() not in (2, 3) or features.shape[-2] != N
+                                 or (features.dim() == 3 and features.shape[0] != C)):
+        raise ValueError(f"features must be [N, D] or [C, N, D] with N = {N}, C = {C}; got {tuple(features.shape)}")
     if background is not None:
         background = background.to(dev)
 
