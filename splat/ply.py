@@ -144,7 +144,9 @@ def load_ply(path: str | Path) -> tuple[dict[str, Tensor], dict[str, np.ndarray]
     K = n_rest // 3
 
     def cols(fields) -> np.ndarray:
-        return np.stack([np.asarray(v[c], dtype=np.float32) for c in fields], 1) if fields else np.zeros((n, 0), np.float32)
+        if not fields:
+            return np.zeros((n, 0), np.float32)
+        return np.stack([np.asarray(v[c], dtype=np.float32) for c in fields], 1)
 
     rest = cols([f"f_rest_{i}" for i in range(3 * K)]).reshape(n, 3, K).transpose(0, 2, 1)  # [N, K, 3]
     g = {

@@ -427,7 +427,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}); delete it to retrain") from None
+        raise InputError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}); "
+                         "delete it to retrain") from None
     if not isinstance(ck, dict) or ck.get("version") != CHECKPOINT_VERSION:
         raise InputError(f"{path}: not a splat.train checkpoint of version {CHECKPOINT_VERSION}; delete it to retrain")
     return ck
@@ -577,8 +578,8 @@ def _train(scene, cfg: TrainConfig, instance_maps, out_dir, resume, progress, de
             last_psnr = -10.0 * math.log10(max(float(mse), 1e-12))
             n_g = len(params["means"])
             if done % max(cfg.log_every, 1) == 0 or done == cfg.iterations:
-                entry = {"step": done, "loss": float(loss.detach()), "l_rgb": float(l_rgb.detach()), "l_pan": float(l_pan.detach()),
-                         "psnr": last_psnr, "num_gaussians": n_g,
+                entry = {"step": done, "loss": float(loss.detach()), "l_rgb": float(l_rgb.detach()),
+                         "l_pan": float(l_pan.detach()), "psnr": last_psnr, "num_gaussians": n_g,
                          "time": time_offset + time.perf_counter() - t_loop}
                 if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done != cfg.iterations and scene.test:
                     entry["test_psnr"] = evaluate_psnr(params, scene, scene.test, cfg.eval_scale,
