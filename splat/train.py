@@ -87,7 +87,8 @@ class TrainConfig:
     refine_every: int = 100
     """Densify every this many steps."""
     reset_every: int = 3000
-    """default: opacity-reset period (also: big-Gaussian pruning starts after it)."""
+    """default: opacity-reset period (to 2 × prune_opacity, while densifying; big-Gaussian pruning starts after
+    the first). Done by the trainer: gsplat 1.5.3's DefaultStrategy never resets (operator-precedence bug)."""
     grow_grad2d: float = 2e-4
     """default: image-plane gradient threshold for clone/split."""
     grow_scale3d: float = 0.01
@@ -286,6 +287,14 @@ def _cpu_mcmc_ops(device: torch.device):
         yield
     finally:
         ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
+
+
+def _reset_opacities(params, optimizers, state, value: float) -> None:
+    """3DGS' periodic opacity reset. gsplat 1.5.3's DefaultStrategy means to do it but never does: its test
+    `step % reset_every == 0 & step > 0` parses as `step % reset_every == (0 & step) > 0`, always False."""
+    from gsplat.strategy.ops import reset_opa
+
+    reset_opa(params=params, optimizers=optimizers, state=state, value=value)
 
 
 @torch.no_grad()
@@ -571,6 +580,8 @@ def _train(scene, cfg: TrainConfig, instance_maps, out_dir, resume, progress, de
                 strategy.step_post_backward(params, optimizers, sstate, step, meta, lr=lr_m)
             else:
                 strategy.step_post_backward(params, optimizers, sstate, step, meta, packed=False)
+                if 0 < step < cfg.refine_stop and step % cfg.reset_every == 0:
+                    _reset_opacities(params, optimizers, sstate, cfg.prune_opacity * 2.0)
                 if cfg.max_gaussians > 0 and step % cfg.refine_every == 0:
                     _cap_gaussians(params, optimizers, sstate, cfg.max_gaussians)
 
