@@ -161,6 +161,9 @@ class RunConfig:
     auto = when the segmenter can segment images (panst3r), on = required, off = never."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Compute device; auto = CUDA when available."""
+    threads: int = 1
+    """torch CPU threads for the run (0 = torch's default). 1 is the safe choice on small shared machines: measured
+    here, 2 threads on a loaded 2-core box were 2-30x slower than 1 (bench/render.py). Does not change results."""
     output: OutputSection = field(default_factory=OutputSection)
 
 

@@ -16,6 +16,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from .config import RunConfig, write_config
 from .io import InputError, atomic_dir, write_json
 from .scene import load_scene
@@ -98,7 +100,10 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
                        hashes=HashCache(run_dir / ".cache" / "hashes.json"), console=console, quiet=quiet)
     validate_segment_inputs(ctx)
     results: list[StageResult] = []
-    with _run_lock(run_dir):
+    saved_threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    with _run_lock(run_dir), _restore_threads(saved_threads):
         for p in cleanup_stale(run_dir):
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")
@@ -125,6 +130,14 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     outcome = RunOutcome(run_dir, results, metrics, report, time.perf_counter() - t0)
     print_summary(outcome, console)
     return outcome
+
+
+@contextlib.contextmanager
+def _restore_threads(n: int):
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
