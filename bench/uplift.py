@@ -1,13 +1,17 @@
 """Uplift cost vs forward rendering: time to uplift labels over all train views / time to render them.
 
-    .venv/bin/python bench/uplift.py [--scene DIR] [--gaussians PLY] [--num-gaussians N] [--repeat R]
+    .venv/bin/python bench/uplift.py [--scene DIR] [--gaussians PLY] [--num-gaussians N] [--labels gt|grid:K]
+                                     [--grad] [--topk k] [--only dense|topk] [--repeat R]
 
 Without --scene, the synthetic `demo` scene is generated into a temporary folder. Without --gaussians,
 N Gaussians are initialised at random around the scene's points3d.ply (realistic count, mixed opacities
 and sizes; a trained model gives more realistic overlap, pass its PLY). Labels are the GT panoptic ids
-of the train views (pipeline.labels.gt_panoptic_ids). Target: ratio <= 2. Timings on a shared CPU are
-noisy; the best of --repeat runs is reported.
-Also prints the peak extra RSS of the uplift and the analytic memory of the dense and top-k layouts.
+of the train views (pipeline.labels.gt_panoptic_ids), or with --labels grid:K blocky random ids 1..K
+(16-pixel cells; not multi-view consistent, only for timing/memory with many labels). Target: ratio <= 2.
+Timings on a shared CPU are noisy: wall and process CPU seconds are both printed (CPU time is less
+sensitive to other processes), best of --repeat runs.
+Peak memory: the extra RSS of the first uplift run in this process (use --only to measure one mode per
+process) and the analytic size of the dense and top-k buffers.
 """
 
 from __future__ import annotations
@@ -56,6 +60,14 @@ def load_gaussians(path: Path):
     return load_ply(path)
 
 
+def grid_labels(shape: tuple[int, int], k: int, seed: int, cell: int = 16) -> np.ndarray:
+    """[H, W] ids in 1..k, constant on cell x cell squares."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    ids = rng.integers(1, k + 1, size=((h + cell - 1) // cell, (w + cell - 1) // cell))
+    return np.kron(ids, np.ones((cell, cell), np.int64))[:h, :w]
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
@@ -85,6 +97,9 @@ def main() -> None:
     ap.add_argument("--gaussians", type=Path, default=None, help="trained PLY (splat.ply format)")
     ap.add_argument("--num-gaussians", type=int, default=100_000)
     ap.add_argument("--views", type=int, default=0, help="use only the first V train views (0 = all)")
+    ap.add_argument("--labels", default="gt", help="gt (GT panoptic ids) or grid:K (K random blocky ids)")
+    ap.add_argument("--grad", action="store_true", help="also time the backward-pass method")
+    ap.add_argument("--only", choices=["dense", "topk"], default=None, help="run only this uplift mode (memory)")
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--topk", type=int, default=0, help="also time top-k mode with this k (0 = skip)")
     ap.add_argument("--repeat", type=int, default=1)
@@ -105,7 +120,12 @@ def main() -> None:
     scene = load_scene(scene_dir)
     frames = scene.train_frames[: args.views or None]
     cams = Cameras.from_frames(frames)
-    labels = [gt_panoptic_ids(scene.load_semantics(f.stem), scene.load_instance(f.stem))[0] for f in frames]
+    if args.labels == "gt":
+        labels = [gt_panoptic_ids(scene.load_semantics(f.stem), scene.load_instance(f.stem))[0] for f in frames]
+    elif args.labels.startswith("grid:"):
+        labels = [grid_labels((cams.height, cams.width), int(args.labels[5:]), i) for i in range(len(frames))]
+    else:
+        raise SystemExit(f"--labels must be gt or grid:K, got {args.labels!r}")
     if args.gaussians is not None:
         g = load_gaussians(args.gaussians)
         src = str(args.gaussians)
@@ -121,30 +141,60 @@ def main() -> None:
     print(f"scene {scene_dir.name}: {len(frames)} train views at {cams.width}x{cams.height}, {n:,} Gaussians ({src}), "
           f"{k_all} labels ({per_view:.1f} per view on average), torch threads {torch.get_num_threads()}, backend {args.backend}")
 
-    def t_render():
-        t0 = time.perf_counter()
+    def timed(fn):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        return (time.perf_counter() - t0, time.process_time() - c0), out
+
+    def best(fn):
+        runs = [timed(fn) for _ in range(args.repeat)]
+        return min(r[0][0] for r in runs), min(r[0][1] for r in runs), runs[0][1]
+
+    def fwd():
         with torch.no_grad():
             for i in range(len(frames)):
                 render(g, cams[i], None, backend=args.backend, render_depth=False)
-        return time.perf_counter() - t0
 
-    def t_uplift(topk=None):
-        t0 = time.perf_counter()
-        res = uplift(g, cams, labels, chunk_channels=args.chunk, topk=topk, backend=args.backend, progress=False)
-        return time.perf_counter() - t0, res
+    def up(topk=None, method="auto"):
+        return uplift(g, cams, labels, chunk_channels=args.chunk, topk=topk, backend=args.backend, method=method,
+                      progress=False)
 
     base_rss = _rss_mb()
-    tu, res = min((t_uplift() for _ in range(args.repeat)), key=lambda x: x[0])
-    peak = _peak_mb() - base_rss
-    tr = min(t_render() for _ in range(args.repeat))
-    print(f"forward render (RGB) of all train views : {tr:8.2f} s")
-    print(f"uplift (dense, chunk {args.chunk:3d})             : {tu:8.2f} s   ratio {tu / tr:.2f}x (target <= 2x)")
-    print(f"  peak extra RSS during uplift ~{peak:.0f} MB (process max RSS minus RSS before; includes render temporaries)")
-    print(f"  labelled Gaussians {int((res.label >= 0).sum()):,} / {n:,}")
+    # forward and uplift runs are interleaved so that load from other processes hits both alike
+    fw, dn, tk_runs = [], [], []
+    res = rk = None
+    peak = None
+    for r in range(args.repeat):
+        fw.append(timed(fwd)[0])
+        if args.only != "topk":
+            t, res = timed(up)
+            dn.append(t)
+        if args.topk:
+            t, rk = timed(lambda: up(args.topk))
+            tk_runs.append(t)
+        if peak is None:
+            peak = _peak_mb() - base_rss
+    tr, cr = min(t[0] for t in fw), min(t[1] for t in fw)
+    if dn:
+        tu, cu = min(t[0] for t in dn), min(t[1] for t in dn)
+    if tk_runs:
+        tk, ck = min(t[0] for t in tk_runs), min(t[1] for t in tk_runs)
+    print(f"forward render (RGB) of all train views : wall {tr:8.2f} s  cpu {cr:8.2f} s")
+    if res is not None:
+        print(f"uplift dense (auto method)              : wall {tu:8.2f} s  cpu {cu:8.2f} s   ratio wall {tu / tr:.2f}x, "
+              f"cpu {cu / cr:.2f}x (target <= 2x)")
+        print(f"  labelled Gaussians {int((res.label >= 0).sum()):,} / {n:,}")
+    print(f"  peak extra RSS during the first round ({args.only or 'dense, then top-k' if args.topk else 'dense'}): ~{peak:.0f} MB "
+          "(process max RSS minus RSS before; includes render temporaries)")
+    if args.grad:
+        tg, cg, rg = best(lambda: up(method="grad"))
+        same = res is None or np.array_equal(rg.label, res.label)
+        print(f"uplift dense (grad method, chunk {args.chunk:3d})    : wall {tg:8.2f} s  cpu {cg:8.2f} s   ratio wall "
+              f"{tg / tr:.2f}x, cpu {cg / cr:.2f}x; argmax equal to auto: {same}")
     if args.topk:
-        tk, rk = t_uplift(args.topk)
-        same = np.array_equal(rk.label, res.label)
-        print(f"uplift (top-{args.topk}, chunk {args.chunk})             : {tk:8.2f} s   ratio {tk / tr:.2f}x, argmax equal to dense: {same}")
+        same = res is None or np.array_equal(rk.label, res.label)
+        print(f"uplift top-{args.topk} (chunk {args.chunk})              : wall {tk:8.2f} s  cpu {ck:8.2f} s   ratio wall "
+              f"{tk / tr:.2f}x, cpu {ck / cr:.2f}x; argmax equal to dense: {same}")
     print(memory_table(n, k_all, args.chunk, args.topk or 8))
     print(memory_table(300_000, 200, args.chunk, args.topk or 8))
     if tmp is not None:

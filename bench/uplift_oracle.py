@@ -35,24 +35,27 @@ def _fmt(m: dict) -> str:
     return " ".join(f"{k}={m[k]:.4f}" for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou") if k in m)
 
 
-def _train(scene_dir: Path, out_ply: Path, preset: str) -> None:
-    """Train Gaussians with splat.train and save them as a PLY (reused by later runs)."""
-    from splat import train as st
-    from splat.ply import save_ply
+def _train(scene, out_ply: Path, preset: str, work: Path) -> None:
+    """Train Gaussians with splat.train (panoptic-colour regulariser on the SIMULATED consistent instance maps,
+    as the pipeline does with its segmenter) and save them as a PLY (reused by later runs)."""
+    import shutil
 
+    from splat.train import PRESETS, train
+
+    sim = Path(scene.root) / "panoptic_consistent" / "instance"
+    maps = {s: read_png(sim / f"{s}.png").astype(np.int64) for s in scene.train}
     t0 = time.perf_counter()
-    result = st.train_scene(scene_dir, preset=preset) if hasattr(st, "train_scene") else None
-    if result is None:
-        raise SystemExit("splat.train has no train_scene(scene_dir, preset=...); pass --gaussians PLY")
-    g = result.gaussians if hasattr(result, "gaussians") else result
-    save_ply(out_ply, g)
-    print(f"trained {int(g['means'].shape[0]):,} Gaussians in {time.perf_counter() - t0:.0f} s -> {out_ply}")
+    res = train(scene, PRESETS[preset], instance_maps=maps, out_dir=work / "train", progress=False)
+    shutil.copyfile(work / "train" / "gaussians.ply", out_ply)
+    print(f"trained {res.num_gaussians:,} Gaussians ({res.steps} steps, preset {preset}) in "
+          f"{time.perf_counter() - t0:.0f} s, test PSNR {res.test_psnr} -> {out_ply}")
 
 
 def _load_gaussians(path: Path) -> dict:
     from splat.ply import load_ply
 
-    return {k: v.detach() for k, v in load_ply(path).items()}
+    g, _ = load_ply(path)
+    return {k: v.detach() for k, v in g.items()}
 
 
 def _predict(tag: str, g, scene, work: Path, train_maps, train_classes, segments=None, rgb=None, **kw) -> dict:
@@ -94,7 +97,7 @@ def main() -> None:
     scene = load_scene(scene_dir)
     ply = args.gaussians or work / "gaussians.ply"
     if not ply.is_file():
-        _train(scene_dir, ply, args.preset)
+        _train(scene, ply, args.preset, work)
     g = _load_gaussians(ply)
     print(f"scene {scene_dir} ({len(scene.train)} train / {len(scene.test)} test views at "
           f"{scene.train_frames[0].width}x{scene.train_frames[0].height}), {int(g['means'].shape[0]):,} Gaussians from {ply}")

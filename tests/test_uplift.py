@@ -146,9 +146,10 @@ def test_brute_force_reference_exercises_all_rules(scene):
     assert (wts > 0).sum() > 200 and ((wts > 0) & (wts < 0.01)).any()
 
 
-def test_uplift_matches_per_pixel_loop(scene):
+@pytest.mark.parametrize("method", ["direct", "grad"])
+def test_uplift_matches_per_pixel_loop(scene, method):
     g, cams, labels, wts = scene
-    res = uplift(g, cams, labels, chunk_channels=2, progress=False)
+    res = uplift(g, cams, labels, chunk_channels=2, method=method, progress=False)
     assert res.label_ids.tolist() == [3, 7, 65535]
     num, den = _expected(wts, labels, [3, 7, 65535])
     np.testing.assert_allclose(res.den, den, rtol=1e-5, atol=1e-6)
@@ -190,12 +191,13 @@ def test_unlabelled_gaussians_are_explicit(scene):
     assert (res.label[seen] == 3).all() and np.allclose(res.weights[seen, 0], 1.0)
 
 
-def test_topk_equals_dense_topk(scene):
+@pytest.mark.parametrize("method", ["direct", "grad"])
+def test_topk_equals_dense_topk(scene, method):
     g, cams, labels, _ = scene
     rng = np.random.default_rng(3)
     many = [rng.integers(0, 40, size=(H, W)) * 101 for _ in range(3)]  # ~39 labels with large, sparse ids
-    dense = uplift(g, cams, many, chunk_channels=7, progress=False)
-    sparse = uplift(g, cams, many, chunk_channels=7, topk=3, progress=False)
+    dense = uplift(g, cams, many, chunk_channels=7, method="direct", progress=False)
+    sparse = uplift(g, cams, many, chunk_channels=7, topk=3, method=method, progress=False)
     assert sparse.weights is None and sparse.topk_ids.shape == (len(dense.den), 3)
     np.testing.assert_allclose(sparse.den, dense.den, rtol=1e-5, atol=1e-6)
     order = np.argsort(-dense.weights, axis=1, kind="stable")[:, :3]

@@ -96,11 +96,10 @@ def legend_for(means: np.ndarray, result: UpliftResult, id_to_class: Mapping, cl
 def _extra_fields(result: UpliftResult, cls: np.ndarray, topk: int, sel=slice(None)) -> dict[str, np.ndarray]:
     extra = {"instance_id": result.label[sel].astype(np.int32), "class_id": cls[sel].astype(np.int32),
              "label_confidence": result.confidence[sel].astype(np.float32)}
-    if topk > 0:
+    if topk > 0:  # save_ply writes [N, k] as label_topk_id_0 .. label_topk_id_{k-1}
         ids, w = _topk_arrays(result, topk)
-        for j in range(topk):
-            extra[f"label_topk_id_{j}"] = ids[sel, j].astype(np.int32)
-            extra[f"label_topk_w_{j}"] = w[sel, j].astype(np.float32)
+        extra["label_topk_id"] = ids[sel].astype(np.int32)
+        extra["label_topk_w"] = w[sel].astype(np.float32)
     return extra
 
 
@@ -136,25 +135,17 @@ def export_labelled(out_path: str | os.PathLike, gaussians, result: UpliftResult
 
 
 def load_labelled(path: str | os.PathLike) -> LabelledGaussians:
-    """Read a labelled PLY written by `export_labelled` (labels as numpy, Gaussians via splat.ply.load_ply)."""
-    from plyfile import PlyData
-
+    """Read a labelled PLY written by `export_labelled` (Gaussians and labels via splat.ply.load_ply)."""
     from splat.ply import load_ply
 
     path = Path(path)
-    gaussians = load_ply(path)
-    try:
-        v = PlyData.read(str(path))["vertex"]
-    except Exception as e:
-        raise InputError(f"{path}: not a readable PLY ({e})") from None
-    names = v.data.dtype.names
-    missing = [k for k in ("instance_id", "class_id", "label_confidence") if k not in names]
+    gaussians, extra = load_ply(path)
+    missing = [k for k in ("instance_id", "class_id", "label_confidence") if k not in extra]
     if missing:
         raise InputError(f"{path}: carries no labels (missing {missing}); export it with uplift.export_labelled")
-    ks = sorted(int(n.rsplit("_", 1)[1]) for n in names if n.startswith("label_topk_id_"))
-    topk_ids = np.stack([np.asarray(v[f"label_topk_id_{j}"], np.int64) for j in ks], 1) if ks else None
-    topk_w = np.stack([np.asarray(v[f"label_topk_w_{j}"], np.float32) for j in ks], 1) if ks else None
-    return LabelledGaussians(gaussians=gaussians, instance_id=np.asarray(v["instance_id"], np.int64),
-                             class_id=np.asarray(v["class_id"], np.int64),
-                             confidence=np.asarray(v["label_confidence"], np.float32),
-                             topk_ids=topk_ids, topk_weights=topk_w)
+    tk_ids, tk_w = extra.get("label_topk_id"), extra.get("label_topk_w")
+    return LabelledGaussians(gaussians=gaussians, instance_id=np.asarray(extra["instance_id"], np.int64),
+                             class_id=np.asarray(extra["class_id"], np.int64),
+                             confidence=np.asarray(extra["label_confidence"], np.float32),
+                             topk_ids=None if tk_ids is None else np.asarray(tk_ids, np.int64).reshape(len(tk_ids), -1),
+                             topk_weights=None if tk_w is None else np.asarray(tk_w, np.float32).reshape(len(tk_w), -1))
