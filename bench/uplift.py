@@ -104,11 +104,13 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=0, help="also time top-k mode with this k (0 = skip)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: 2 threads on a busy 2-core box are slower)")
     args = ap.parse_args()
 
     from splat.render import Cameras, render
     from uplift import uplift
 
+    torch.set_num_threads(args.threads)
     tmp = None
     scene_dir = args.scene
     if scene_dir is None:

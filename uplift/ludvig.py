@@ -43,7 +43,7 @@ from torch import Tensor
 
 from pipeline.io import InputError, atomic_path
 
-__all__ = ["UpliftResult", "uplift", "relabel", "instance_classes", "gaussian_geometry", "METHODS"]
+__all__ = ["UpliftResult", "uplift", "relabel", "dense_map", "instance_classes", "gaussian_geometry", "METHODS"]
 
 METHODS = ("auto", "direct", "grad")
 
@@ -143,6 +143,13 @@ def relabel(label_maps: Sequence[np.ndarray], ignore_label: int | None = 0,
     With `num_labels`, the channels are the ids 0..num_labels-1 (minus `ignore_label`) whether present or
     not, so the layout is fixed across scenes; an id >= num_labels is an error.
     """
+    ids = _label_ids(label_maps, ignore_label, num_labels)
+    return ids, [dense_map(m, ids) for m in label_maps]
+
+
+def _label_ids(label_maps: Sequence[np.ndarray], ignore_label: int | None = 0,
+               num_labels: int | None = None) -> np.ndarray:
+    """[K] ascending original ids that get a channel (validates the maps; see `relabel`)."""
     maps = [np.asarray(m) for m in label_maps]
     for i, m in enumerate(maps):
         if m.ndim != 2 or not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
@@ -158,15 +165,17 @@ def relabel(label_maps: Sequence[np.ndarray], ignore_label: int | None = 0,
         ids = np.unique(np.concatenate([np.unique(m).astype(np.int64) for m in maps])) if maps else np.zeros(0, np.int64)
     if ignore_label is not None:
         ids = ids[ids != ignore_label]
-    dense = []
-    for m in maps:
-        m64 = m.astype(np.int64)
-        d = np.searchsorted(ids, m64).astype(np.int32)
-        vote = (d < len(ids))
-        vote[vote] = ids[d[vote]] == m64[vote]
-        d[~vote] = -1
-        dense.append(d)
-    return ids, dense
+    return ids
+
+
+def dense_map(label_map: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """[H, W] original ids -> dense channels (int32), -1 where the id is not a channel (ignored / unknown)."""
+    m64 = np.asarray(label_map).astype(np.int64)
+    d = np.searchsorted(label_ids, m64).astype(np.int32)
+    vote = d < len(label_ids)
+    vote[vote] = label_ids[d[vote]] == m64[vote]
+    d[~vote] = -1
+    return d
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,20 +372,22 @@ def _use_direct(method: str, backend: str, device: torch.device) -> bool:
     return method == "auto" and torch_backend and _direct_available()
 
 
-def _accumulate(render_fn, geom, cameras, dense_maps: list[np.ndarray], lo: int, hi: int, chunk: int,
-                backend: str, prog, direct: bool) -> Tensor:
+def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], label_ids: np.ndarray, lo: int, hi: int,
+                chunk: int, backend: str, prog, direct: bool) -> Tensor:
     """Exact numerator sums of channels [lo, hi) over all views: [N, hi-lo] float32.
 
     direct: one forward replay per view scattering w into (Gaussian, label) cells, any number of labels.
     grad: each view renders only the channels it contains, in blocks of <= chunk channels, and takes the
-    gradient of <render, onehot>.
+    gradient of <render, onehot>. Dense channel maps are made per view on the fly (no second copy of all
+    label maps is held).
     """
     n = geom["means"].shape[0]
     dev = geom["means"].device
     width = hi - lo
     if direct:
         acc = torch.zeros(n + 1, width + 1, dtype=torch.float32, device=dev)
-        for v, dm in enumerate(dense_maps):
+        for v, lm in enumerate(label_maps):
+            dm = dense_map(lm, label_ids)
             inside = (dm >= lo) & (dm < hi)
             if inside.any():
                 _direct_sums(geom, cameras[v], np.where(inside, dm - lo, width).astype(np.int64), width, acc)
@@ -385,7 +396,8 @@ def _accumulate(render_fn, geom, cameras, dense_maps: list[np.ndarray], lo: int,
         return acc[:n, :width]
     acc = torch.zeros(n, width, dtype=torch.float32, device=dev)
     lut = np.empty(width + 1, dtype=np.int64)
-    for v, dm in enumerate(dense_maps):
+    for v, lm in enumerate(label_maps):
+        dm = dense_map(lm, label_ids)
         inside = (dm >= lo) & (dm < hi)
         present = np.unique(dm[inside]) if inside.any() else np.zeros(0, np.int64)
         for b in range(0, len(present), chunk):
@@ -428,7 +440,7 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
     if topk is not None and topk < 1:
         raise InputError(f"topk must be >= 1 or None, got {topk}")
     direct = _use_direct(method, backend, geom["means"].device)
-    label_ids, dense_maps = relabel(label_maps, ignore_label, num_labels)
+    label_ids = _label_ids(label_maps, ignore_label, num_labels)
     k_all = len(label_ids)
     sparse = topk is not None and topk < k_all
 
@@ -436,7 +448,7 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
         n_steps = n_cam
         prog = _progress(n_steps, progress, f"uplift {k_all} labels")
         try:
-            num = _accumulate(render_fn, geom, cameras, dense_maps, 0, k_all, chunk_channels, backend, prog, direct).cpu()  # [N, K]
+            num = _accumulate(render_fn, geom, cameras, label_maps, label_ids, 0, k_all, chunk_channels, backend, prog, direct).cpu()  # [N, K]
         finally:
             if prog is not None:
                 prog[0].stop()
@@ -460,7 +472,7 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
     den = torch.zeros(n, dtype=torch.float32)
     try:
         for lo, hi in blocks:
-            acc = _accumulate(render_fn, geom, cameras, dense_maps, lo, hi, chunk_channels, backend, prog, direct).cpu()  # [N, B]
+            acc = _accumulate(render_fn, geom, cameras, label_maps, label_ids, lo, hi, chunk_channels, backend, prog, direct).cpu()  # [N, B]
             den += acc.sum(1)
             kk = min(topk, hi - lo)
             w, c = acc.topk(kk, dim=1)
