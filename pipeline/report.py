@@ -52,7 +52,7 @@ def _load_json(p: Path):
         return None
 
 
-def _png_bytes(arr: np.ndarray, max_w: int = 320) -> bytes:
+def _png_bytes(arr: np.ndarray, max_w: int = 296) -> bytes:
     im = Image.fromarray(arr)
     if im.width != max_w:  # tiny renders are blown up (nearest) so they stay legible
         im = im.resize((max_w, max(1, round(im.height * max_w / im.width))), Image.NEAREST)
@@ -139,7 +139,7 @@ class _Doc:
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:6px}
-figure{margin:0}figcaption{font-size:11px;color:#555;text-align:center}img{image-rendering:pixelated;max-width:320px}
+figure{margin:0}figcaption{font-size:11px;color:#555;text-align:center}img{image-rendering:pixelated;max-width:296px}
 .cap{font-size:12px;color:#555}.note{color:#8a5a00}"""
 
 
