@@ -78,8 +78,10 @@ class PanSt3RConfig:
             raise ValueError(f"variant must be 'v1' or 'v2', got {self.variant!r}")
         if self.variant == "v1" and (self.fp_dims[0] != self.hidden_dim or self.fp_dims[-1] != self.mask_dim):
             raise ValueError("v1 needs fp_dims[0] == hidden_dim and fp_dims[-1] == mask_dim")
-        for name, dim, heads in (("enc", self.enc_dim, self.enc_heads), ("dec", self.dec_dim, self.dec_heads),
-                                 ("mixer", self.hidden_dim, self.mixer_heads)):
+        rope = [("enc", self.enc_dim, self.enc_heads), ("dec", self.dec_dim, self.dec_heads)]
+        if self.variant == "v2":
+            rope.append(("mixer", self.hidden_dim, self.mixer_heads))
+        for name, dim, heads in rope:
             if dim % heads or (dim // heads) % 4:
                 raise ValueError(f"{name}: RoPE needs head_dim = dim/heads divisible by 4 ({dim}/{heads})")
         return self
@@ -92,13 +94,13 @@ def full_config(variant: str = "v1") -> PanSt3RConfig:
 
 def tiny_config(variant: str = "v1") -> PanSt3RConfig:
     """A few-hundred-thousand-parameter network with the same structure, for fast end-to-end tests."""
-    return PanSt3RConfig(
-        variant=variant, enc_dim=32, enc_depth=2, enc_heads=2, dec_dim=32, dec_depth=2, dec_heads=2,
-        dino_dim=32, dino_depth=1, dino_heads=2, dino_image_size=56, hidden_dim=32, num_queries=8, mt_heads=2,
-        mt_layers=2, ff_dim=64, mask_dim=16, text_dim=16, fp_dims=(32, 16, 16, 16), upscale_hidden_factor=2,
-        mixer_heads=2, mixer_layers=1, mixer_ff_mult=2, loftup_heads=2, loftup_layers=1, loftup_freqs=4,
-        loftup_lr_freqs=2,
-    ).check()
+    common = dict(variant=variant, enc_dim=32, enc_depth=2, enc_heads=2, dec_dim=32, dec_depth=2, dec_heads=2,
+                  dino_dim=32, dino_depth=1, dino_heads=2, dino_image_size=56, hidden_dim=32, num_queries=8,
+                  mt_heads=2, mt_layers=2, ff_dim=64, mask_dim=16, text_dim=16)
+    if variant == "v1":  # fields of the other variant keep their defaults, so a saved config reads back equal
+        return PanSt3RConfig(**common, fp_dims=(32, 16, 16, 16), upscale_hidden_factor=2).check()
+    return PanSt3RConfig(**common, mixer_heads=2, mixer_layers=1, mixer_ff_mult=2, loftup_heads=2, loftup_layers=1,
+                         loftup_freqs=4, loftup_lr_freqs=2).check()
 
 
 def replace(cfg: PanSt3RConfig, **kw) -> PanSt3RConfig:
