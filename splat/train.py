@@ -451,9 +451,14 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="splat", dynamic_ncols=True, leave=False)
+    # In a log file (no terminal) one line every 30 s says enough; per-step redraws would flood it.
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="splat", dynamic_ncols=True, leave=False,
+                mininterval=0.1 if tty else 30.0)
 
 
 def train(scene, cfg: TrainConfig | None = None, *, instance_maps: Mapping[str, np.ndarray] | None = None,
