@@ -82,6 +82,11 @@ class SegmentSection:
     """panst3r: checkpoint file (.pth) of the PanSt3R model."""
     vocabulary: str = "panlift"
     """panst3r: class vocabulary the masks are labelled with (PanLift's 21 classes by default)."""
+    text_embeddings: Optional[Path] = None
+    """panst3r: precomputed class-name embeddings (.npy/.pt, one row per vocabulary class); skips SigLIP."""
+    siglip: Optional[Path] = None
+    """panst3r: local SigLIP model folder for embedding class names (default: the local Hugging Face cache;
+    nothing is downloaded)."""
     merge: str = "qubo"
     """panst3r: mask-merging method (qubo = the paper's QUBO selection; standard = Mask2Former-style)."""
     keyframes: int = 0

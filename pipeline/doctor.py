@@ -2,7 +2,7 @@
 
 Only inspects: it never triggers gsplat's JIT build (it looks for the prebuilt `gsplat.csrc` module or an
 already-built `gsplat_cuda` library in torch's extension cache) and never downloads weights (it looks for
-SigLIP/DINOv2 snapshots in the local Hugging Face cache).
+SigLIP snapshots in the local Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -115,11 +115,13 @@ def environment_checks() -> tuple[list[Check], dict]:
     tv = _version("transformers")
     checks.append(Check("transformers", tv is not None, tv or "not installed"))
     facts["transformers"] = tv is not None
-    for key, label in (("siglip", "SigLIP weights"), ("dinov2", "DINOv2 weights")):
-        models = hf_cache_models(key)
-        facts[key] = bool(models)
-        checks.append(Check(label, bool(models), ", ".join(models) if models else
-                            f"not in the local HF cache ({', '.join(map(str, hf_cache_dirs())) or 'no cache dir'})"))
+    # DINOv2's weights travel inside the PanSt3R checkpoint; only the SigLIP text tower comes from the HF cache
+    # (or a local path / a precomputed class-embedding file).
+    models = hf_cache_models("siglip")
+    facts["siglip"] = bool(models)
+    checks.append(Check("SigLIP text weights", bool(models), ", ".join(models) if models else
+                        f"not in the local HF cache ({', '.join(map(str, hf_cache_dirs())) or 'no cache dir'}); "
+                        "give --segment.text-embeddings FILE or a local SigLIP path instead"))
     for mod, label in (("viser", "viser (viewer)"), ("matplotlib", "matplotlib (report plots)")):
         ok = importlib.util.find_spec(mod) is not None
         facts[mod] = ok
@@ -148,8 +150,9 @@ def stage_checks(facts: dict) -> list[Check]:
     add("segment (simulated / precomputed)", [_package("pipeline.stages")])
     panst3r_missing = [_package("panst3r.segment"),
                        None if facts.get("transformers") else "transformers",
-                       None if facts.get("dinov2") else "DINOv2 weights in the local HF cache"]
-    ckpt_note = "also needs a PanSt3R checkpoint: --segment.checkpoint PATH"
+                       ]
+    ckpt_note = ("also needs a PanSt3R checkpoint (--segment.checkpoint PATH; DINOv2 weights are inside it) and class "
+                 "embeddings (SigLIP in the HF cache, a local SigLIP path, or a precomputed embedding file)")
     add("segment (panst3r)", panst3r_missing, ckpt_note)
     render_missing = [_package("splat.render")]
     if facts.get("cuda") and not facts.get("gsplat_ext"):
