@@ -78,17 +78,20 @@ def _peak_mb() -> float:
 
 
 def memory_table(n: int, k: int, chunk: int, topk: int) -> str:
-    """Analytic size of the uplift buffers: the dense float32 [N, K] result (normalised in place), one pass's
-    zero features + gradient [N, B] (+ one index temporary), and the top-k state (weights f32 + channels i64
-    for the running best and the candidates, one block accumulator)."""
+    """Analytic size of the uplift's own buffers (the rasteriser's per-view temporaries come on top).
+
+    direct, dense: the (N+1)·(K+1) float32 accumulator, normalised in place and returned as the weights,
+    plus den/confidence/argmax [N]. direct, top-k: one block accumulator (N+1)·(B+1) f32, the running best
+    (f32 weight + i64 channel) [N, k], the block's top-k and the 2k candidates. grad adds a zero-feature
+    tensor, its gradient and one index temporary, each [N, B], per pass.
+    """
     mib = lambda b: b / 2**20  # noqa: E731
     b = min(chunk, k)
-    per_pass = 3 * n * b * 4
-    dense = n * k * 4
-    tk = n * (topk * 12 + (topk + b) * 12 + b * 4 + 4)
-    return (f"analytic, N={n:,} K={k} chunk={chunk}: dense result {mib(dense):.0f} MiB + per pass {mib(per_pass):.0f} MiB "
-            f"= {mib(dense + per_pass):.0f} MiB | top-{topk}: {mib(tk + per_pass):.0f} MiB "
-            f"(plus the rasteriser's own temporaries)")
+    dense = (n + 1) * (k + 1) * 4 + n * 16
+    tk = (n + 1) * (b + 1) * 4 + n * topk * 12 * 4 + n * 4
+    grad = 3 * n * b * 4
+    return (f"analytic, N={n:,} K={k}: dense {mib(dense):.0f} MiB | top-{topk} (blocks of {chunk}) {mib(tk):.0f} MiB | "
+            f"grad method +{mib(grad):.0f} MiB per pass")
 
 
 def main() -> None:
@@ -167,15 +170,15 @@ def main() -> None:
     res = rk = None
     peak = None
     for r in range(args.repeat):
-        fw.append(timed(fwd)[0])
         if args.only != "topk":
             t, res = timed(up)
             dn.append(t)
         if args.topk:
             t, rk = timed(lambda: up(args.topk))
             tk_runs.append(t)
-        if peak is None:
+        if peak is None:  # before the first forward render, so it is the uplift's own peak
             peak = _peak_mb() - base_rss
+        fw.append(timed(fwd)[0])
     tr, cr = min(t[0] for t in fw), min(t[1] for t in fw)
     if dn:
         tu, cu = min(t[0] for t in dn), min(t[1] for t in dn)

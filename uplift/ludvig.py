@@ -306,8 +306,9 @@ def _direct_sums(geom: dict, cam, lab: np.ndarray, n_cols: int, acc: Tensor, *, 
                  near_plane: float = 0.01, far_plane: float = 1e10) -> None:
     """acc[i, lab(u)] += w_i(u) for one view, replaying the torch backend's own tile blocks (forward only).
 
-    lab: [H, W] int64 in [0, n_cols) or n_cols for pixels that do not vote; acc: [N+1, n_cols+1] float32
-    (row N and column n_cols collect padding / non-voting weight and are discarded). The weights are the
+    lab: [H, W] int64 in [0, n_cols) or n_cols for pixels that do not vote; acc: [N+1, n_cols] float32
+    (row N collects the padding entries' and the non-voting pixels' weight and is discarded, so acc[:N] is
+    a contiguous [N, n_cols] result). The weights are the
     backend's own w = α·T (same projection, binning, blocks and thresholds), so this equals the gradient
     route; tests check both against a per-pixel loop. Tiles without a voting pixel are skipped.
     """
@@ -353,7 +354,8 @@ def _direct_sums(geom: dict, cam, lab: np.ndarray, n_cols: int, acc: Tensor, *, 
         Tr = T_run[rows]  # [r, P]
         _, T_in, w = rt._block(tab, ids, plan.x0[rows], plan.y0[rows], pix, Tr, a_min)  # [r, P, k]
         hist = torch.bmm(w.transpose(1, 2), onehot[rows])  # [r, k, S] Σ over the tile's pixels of each label
-        flat = ids[:, :, None] * (n_cols + 1) + table[rows][:, None, :]  # [r, k, S]
+        tb = table[rows][:, None, :]  # [r, 1, S]
+        flat = torch.where(tb < n_cols, ids[:, :, None] * n_cols + tb, n * n_cols)  # [r, k, S] (row N: discard)
         flat_acc.index_add_(0, flat.reshape(-1), hist.reshape(-1).to(acc.dtype))
         last = T_in[:, :, -1]
         T_run[rows] = last.masked_fill(last <= rt.T_STOP, 0.0)
@@ -385,7 +387,7 @@ def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], labe
     dev = geom["means"].device
     width = hi - lo
     if direct:
-        acc = torch.zeros(n + 1, width + 1, dtype=torch.float32, device=dev)
+        acc = torch.zeros(n + 1, max(width, 1), dtype=torch.float32, device=dev)
         for v, lm in enumerate(label_maps):
             dm = dense_map(lm, label_ids)
             inside = (dm >= lo) & (dm < hi)
@@ -393,7 +395,7 @@ def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], labe
                 _direct_sums(geom, cameras[v], np.where(inside, dm - lo, width).astype(np.int64), width, acc)
             if prog is not None:
                 prog[0].advance(prog[1])
-        return acc[:n, :width]
+        return acc[:n, :width]  # contiguous (leading rows; width >= 1 whenever there are labels)
     acc = torch.zeros(n, width, dtype=torch.float32, device=dev)
     lut = np.empty(width + 1, dtype=np.int64)
     for v, lm in enumerate(label_maps):
