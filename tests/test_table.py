@@ -62,3 +62,42 @@ def test_aggregate_is_mean_of_scene_pq_and_excludes_failures():
 def test_plot_bars_writes_png(tmp_path):
     plot_bars(tmp_path / "t.png", {"a": {"pq": 0.6}}, {"X": {"a": 50.0}}, ["a"])
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_end_to_end_on_mini_benchmark(tmp_path):
+    """Two "datasets" x two tiny synthetic scenes through real pipeline runs, one missing scene skipped."""
+    import yaml
+
+    from pipeline.synth import generate, make_config
+    from pipeline.table import table_command
+
+    data = tmp_path / "data"
+    for ds, seeds in (("alpha", (1, 2)), ("beta", (3, 4))):
+        for i, seed in enumerate(seeds):
+            generate(data / ds / f"s{i}", make_config("tiny", seed=seed))
+    spec = {
+        "datasets": {
+            ds: {"folder": ds, "config": str(REPO / "configs/demo.yaml"),
+                 "scenes": [{"id": "s0"}, {"id": "s1"}] + ([{"id": "absent"}] if ds == "beta" else [])}
+            for ds in ("alpha", "beta")
+        },
+        "published": {"Someone": {"alpha": 50.0, "beta": 60.0}},
+    }
+    cfg = tmp_path / "mini.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    res = table_command(cfg, data, out=out, workers=2, extra_args=["--splat.preset", "tiny"])
+    rows = res["scenes"]
+    assert len(rows) == 4 and not [r for r in rows if "error" in r], rows
+    # each row is exactly what its own run directory's metrics.json says
+    for r in rows:
+        m = json.loads((out / r["dataset"] / r["scene"] / "metrics.json").read_text())
+        assert r["pq"] == m["uplift"]["pq"] and r["segmenter_pq"] == m["segmenter_on_test"]["pq"]
+        assert 0.0 <= r["pq"] <= 1.0
+    for ds in ("alpha", "beta"):
+        pqs = [r["pq"] for r in rows if r["dataset"] == ds]
+        assert res["datasets"][ds]["pq"] == pytest.approx(sum(pqs) / 2)
+    md = (out / "table.md").read_text()
+    assert "| Someone (published) | 50.0 | 60.0 |" in md and md.count("\n| alpha | s") == 2
+    assert json.loads((out / "table.json").read_text())["datasets"]["beta"]["num_scenes"] == 2
+    assert (out / "table.png").read_bytes()[:4] == b"\x89PNG"
