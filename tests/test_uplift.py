@@ -227,6 +227,10 @@ def test_relabel_large_ids_and_num_labels():
 
 def test_uplift_rejects_mismatched_label_maps(scene):
     g, cams, labels, _ = scene
+    with pytest.raises(InputError, match="unknown uplift method"):
+        uplift(g, cams, labels, method="magic", progress=False)
+    with pytest.raises(InputError, match="torch backend"):
+        uplift(g, cams, labels, method="direct", backend="gsplat", progress=False)
     with pytest.raises(InputError, match="one label map per"):
         uplift(g, cams, labels[:2], progress=False)
     with pytest.raises(InputError, match="resize the labels"):
@@ -306,6 +310,8 @@ def test_render_panoptic_two_objects_and_fallback():
     assert np.array_equal(inst_n[inst > 0], inst[inst > 0])
     with pytest.raises(InputError, match="no class"):
         render_panoptic(g, res, cams, {300: 5})
+    with pytest.raises(InputError, match="fallback"):
+        render_panoptic(g, res, cams, {300: 5, 60002: 2}, fallback="zero")
 
 
 def test_render_panoptic_topk_equals_dense():

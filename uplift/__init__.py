@@ -5,11 +5,11 @@ Entry points: `uplift` (ludvig.py: the weighted average), `render_panoptic` / `w
 """
 
 from .export import BBOX_PERCENTILES, LabelledGaussians, export_labelled, legend_for, load_labelled
-from .ludvig import UpliftResult, gaussian_geometry, instance_classes, relabel, uplift
+from .ludvig import METHODS, UpliftResult, dense_map, gaussian_geometry, instance_classes, relabel, uplift
 from .render import FALLBACKS, render_panoptic, write_predictions
 
 __all__ = [
-    "uplift", "UpliftResult", "relabel", "instance_classes", "gaussian_geometry",
+    "uplift", "UpliftResult", "METHODS", "relabel", "dense_map", "instance_classes", "gaussian_geometry",
     "render_panoptic", "write_predictions", "FALLBACKS",
     "export_labelled", "load_labelled", "legend_for", "LabelledGaussians", "BBOX_PERCENTILES",
 ]
