@@ -35,31 +35,19 @@ class SplatData:
 
 
 def load_splats(path: str | Path) -> SplatData:
-    """Read a 3DGS PLY (standard fields, optional instance_id / class_id appended)."""
-    from plyfile import PlyData
+    """Read a 3DGS PLY (standard fields, optional instance_id / class_id appended) via splat.ply."""
+    from splat.ply import load_ply
 
-    path = Path(path)
-    try:
-        v = PlyData.read(str(path))["vertex"]
-    except FileNotFoundError:
-        raise InputError(f"{path}: PLY not found; run the pipeline (or `python -m pipeline export RUN_DIR`) first") from None
-    except Exception as e:
-        raise InputError(f"{path}: not a readable PLY ({e})") from None
-    names = set(v.data.dtype.names)
-    need = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    missing = [n for n in need if n not in names]
-    if missing:
-        raise InputError(f"{path}: not a 3DGS PLY (missing {missing[:4]}); export it with splat.ply.save_ply")
-    col = lambda *ks: np.stack([np.asarray(v[k], np.float32) for k in ks], -1)  # noqa: E731
-    dc = col("f_dc_0", "f_dc_1", "f_dc_2")
+    g, extra = load_ply(path)
+    inst, cls = extra.get("instance_id"), extra.get("class_id")
     return SplatData(
-        means=col("x", "y", "z"),
-        quats=col("rot_0", "rot_1", "rot_2", "rot_3"),
-        scales=col("scale_0", "scale_1", "scale_2"),
-        opacities=np.asarray(v["opacity"], np.float32),
-        rgb=np.clip(dc * _SH_C0 + 0.5, 0.0, 1.0),
-        instance=np.asarray(v["instance_id"], np.int64) if "instance_id" in names else None,
-        class_id=np.asarray(v["class_id"], np.int64) if "class_id" in names else None,
+        means=g["means"].numpy(),
+        quats=g["quats"].numpy(),
+        scales=g["scales"].numpy(),
+        opacities=g["opacities"].numpy(),
+        rgb=np.clip(g["sh0"][:, 0].numpy() * _SH_C0 + 0.5, 0.0, 1.0),
+        instance=None if inst is None else np.asarray(inst, np.int64).reshape(-1),
+        class_id=None if cls is None else np.asarray(cls, np.int64).reshape(-1),
     )
 
 
