@@ -14,7 +14,8 @@ import torch
 
 from pipeline.io import InputError
 
-__all__ = ["SegmentArgs", "segment_command", "list_images", "read_vocabulary", "load_text_embeddings"]
+__all__ = ["SegmentArgs", "segment_command", "list_images", "read_vocabulary", "load_text_embeddings",
+           "class_vocabulary", "Vocabulary"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -28,10 +29,12 @@ class SegmentArgs:
     out: Path
     """Output folder (instance/, semantics/, confidence/, preview/, segments.json, cameras.json, ...)."""
     classes: str = "panlift"
-    """Vocabulary: "panlift" (the 21 PanLift classes, ids as in pipeline.classes) or a text file, one name a line."""
+    """Vocabulary: "panlift" (the 21 PanLift classes, ids as in pipeline.classes), a text file (one name a line;
+    ids = index + 1), or a .pt file of names + embeddings written by panst3r.text.save_embeddings."""
     text_embeddings: Optional[Path] = None
     """Class text embeddings: an .npy/.npz/.pt file [C, 768] in vocabulary order, or a local SigLIP
-    (google/siglip-base-patch16-224) directory to encode the names with. Checkpoints do not store them."""
+    (google/siglip-base-patch16-224) directory to encode the names with. Default: SigLIP from the HF cache
+    (offline; ~/.cache/panoptic-splat keeps the encoded classes). Checkpoints do not store them."""
     keyframes: Optional[int] = None
     """Number of keyframes (None: all views up to 50, as the official demo)."""
     keyframe_method: Literal["linspace", "fps"] = "linspace"
@@ -42,8 +45,8 @@ class SegmentArgs:
     """Seed of the QUBO annealer and of a non-default FPS start."""
     device: str = "cpu"
     """Torch device for the network ("cpu", "cuda", "cuda:1")."""
-    size: int = 512
-    """Network image size (long side; the released checkpoints are 512 models)."""
+    size: Optional[int] = None
+    """Network image size (long side); None: the size the checkpoint was trained at (512 for the released ones)."""
     resize_to_original: bool = True
     """Write label maps at each original image size (nearest); else at network resolution."""
     progress: bool = True
@@ -105,22 +108,79 @@ def load_text_embeddings(path: Optional[Path], names: list[str], device: str = "
     return emb
 
 
+@dataclass
+class Vocabulary:
+    names: list[str]  # class names, written into segments.json
+    prompts: list[str]  # what the text model encodes (PanLift's "other" is prompted as "object")
+    class_ids: list[int]  # id written into semantics maps for each name
+    embeddings: torch.Tensor  # [C, E] float32
+
+
+def class_vocabulary(classes: str = "panlift", text_embeddings: Optional[Path] = None, device: str = "cpu", *,
+                     panlift_ids: bool = False, how: str = "--text-embeddings FILE") -> Vocabulary:
+    """Names, semantics ids and text embeddings of a vocabulary ("panlift", a names file or a .pt vocabulary).
+
+    Embeddings: `text_embeddings` (file or SigLIP directory), else those stored in a .pt vocabulary, else
+    SigLIP from the offline HF cache; if none works, one InputError line that names `how` (what to pass).
+    panlift_ids: semantics ids are PanLift ids (names mapped through panst3r/vocab; unknown -> "other"),
+    else index + 1 ("panlift" gives the same ids either way).
+    """
+    from . import text
+
+    stored = None
+    if classes == "panlift":
+        prompts, ids = text.panlift_vocabulary()
+        names = read_vocabulary("panlift")
+    elif Path(classes).suffix in (".pt", ".pth") and Path(classes).is_file():
+        try:
+            obj = torch.load(classes, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(f"{classes}: cannot read the vocabulary file ({type(e).__name__}); write it with "
+                             "panst3r.text.save_embeddings(path, embeddings, class_names)") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("class_names"), (list, tuple)):
+            raise InputError(f"{classes}: a .pt vocabulary must hold {{'embeddings', 'class_names'}}; write it with "
+                             "panst3r.text.save_embeddings(path, embeddings, class_names)")
+        names = [str(n) for n in obj["class_names"]]
+        prompts, ids = names, list(range(1, len(names) + 1))
+        stored = text.load_embeddings(classes, names)
+    else:
+        names = read_vocabulary(classes)
+        prompts, ids = names, list(range(1, len(names) + 1))
+    if panlift_ids and classes != "panlift":
+        ids = text.map_to_panlift(names)
+    if text_embeddings is not None:
+        emb = load_text_embeddings(text_embeddings, prompts, device)
+    elif stored is not None:
+        emb = stored
+    else:
+        try:
+            emb = text.encode_classes(prompts, device=device).float().cpu()
+        except InputError as e:
+            raise InputError(f"PanSt3R checkpoints do not store class text embeddings and SigLIP could not give them "
+                             f"offline ({e}); pass {how}") from None
+    return Vocabulary(names, list(prompts), [int(i) for i in ids], emb)
+
+
 def segment_command(args: SegmentArgs) -> None:
     """Validate the inputs, load the checkpoint, segment the folder, print where the results are."""
     images = list_images(args.images)
     if not Path(args.checkpoint).is_file():
         raise InputError(f"{args.checkpoint}: PanSt3R checkpoint not found; pass --checkpoint PATH to a "
                          "v1/v2 .pth file")
-    names = read_vocabulary(args.classes)
-    emb = load_text_embeddings(args.text_embeddings, names, args.device)
+    vocab = class_vocabulary(args.classes, args.text_embeddings, args.device,
+                             how="--text-embeddings FILE (.npy/.pt [C, 768]) or a local SigLIP directory")
 
     import panst3r
 
-    from .segment import segment_images
+    from .segment import checkpoint_image_size, segment_images
 
-    model = panst3r.load(args.checkpoint)
-    model = model.to(args.device).eval()
-    out = segment_images(images, model, emb, names, args.out, num_keyframes=args.keyframes,
-                         keyframe_method=args.keyframe_method, merge=args.merge, seed=args.seed, size=args.size,
-                         progress=args.progress, resize_to_original=args.resize_to_original)
+    model = panst3r.load(args.checkpoint, device=args.device)
+    if vocab.embeddings.shape[1] != model.config.text_dim:
+        raise InputError(f"text embeddings are {vocab.embeddings.shape[1]} wide but {args.checkpoint} expects "
+                         f"{model.config.text_dim}; encode the classes with the model's text encoder (SigLIP-base: 768)")
+    size = args.size if args.size is not None else checkpoint_image_size(args.checkpoint)
+    out = segment_images(images, model, vocab.embeddings, vocab.names, args.out, num_keyframes=args.keyframes,
+                         keyframe_method=args.keyframe_method, merge=args.merge, seed=args.seed, size=size,
+                         progress=args.progress, resize_to_original=args.resize_to_original,
+                         class_ids=vocab.class_ids)
     print(f"segmented {len(images)} images into {out}")

@@ -5,12 +5,13 @@ The official repository has no headless path (spec §3: its demo only feeds a vi
 cameras — and writes one folder atomically:
 
     instance/<stem>.png      uint16 segment ids, 0 = void, shared by all views
-    semantics/<stem>.png     uint8 class ids = vocabulary index + 1 (0 = void); for the "panlift"
-                             vocabulary these are the PanLift ids of pipeline.classes
+    semantics/<stem>.png     uint8 class ids (0 = void): `class_ids[vocabulary index]`, by default index + 1,
+                             which for the "panlift" vocabulary are the PanLift ids of pipeline.classes
     confidence/<stem>.npy    float16 [H, W] merge confidence at network resolution
     preview/<stem>.jpg       instance colours blended over the network-resolution image
     segments.json            {id: {class_id, class_name, score, area, query_id}}  (the run-dir contract)
     pointmaps.npz            pts3d, pts3d_local [V, H, W, 3] and conf [V, H, W] (float32), stems
+                             (unless `write_pointmaps=False`: 24 bytes a pixel, large for long sequences)
     cameras.json             per stem: K (+0.5 pixel-centre convention), c2w (OpenCV, world = first keyframe)
                              at network resolution, plus the crop box and scale back to the original image
     meta.json                kind "panst3r", variant, merge, seed, keyframes, vocabulary, sizes
@@ -37,7 +38,8 @@ from .cameras import recover_cameras
 from .keyframes import image_descriptors, select_keyframes
 from .postprocess import PanopticResult, panoptic_qubo, panoptic_standard
 
-__all__ = ["segment_images", "load_images", "LoadedImages", "network_size", "merge_output", "MERGES"]
+__all__ = ["segment_images", "load_images", "LoadedImages", "network_size", "merge_output", "MERGES",
+           "checkpoint_image_size"]
 
 MERGES = ("standard_v2", "standard_v1", "qubo")
 # MUSt3R's allowed sizes for the 512 models (spec §1.2), as (W, H) landscape; portrait uses the transpose.
@@ -108,6 +110,24 @@ def merge_output(out, merge: str = "standard_v2", seed: int = 0) -> PanopticResu
     raise ValueError(f"unknown merge {merge!r}; use one of {', '.join(MERGES)}")
 
 
+def checkpoint_image_size(path: Path, default: int = 512) -> int:
+    """Long side of the images the checkpoint was trained at: the MUSt3R encoder's `img_size` in its `args`
+    (512 for the released "_512_" models); `default` when the args do not say."""
+    from .checkpoint import parse_constructor, read_checkpoint
+
+    args = read_checkpoint(path).get("args")
+    spec = getattr(args, "must3r_encoder", None)
+    try:
+        img = parse_constructor(spec)["kwargs"].get("img_size") if isinstance(spec, str) else None
+    except (SyntaxError, ValueError):
+        img = None
+    if isinstance(img, int) and img > 0:
+        return img
+    if isinstance(img, (list, tuple)) and img and all(isinstance(v, int) and v > 0 for v in img):
+        return max(img)
+    return default
+
+
 def _to_original(label: np.ndarray, hw0: tuple[int, int], crop: tuple[int, int, int, int]) -> np.ndarray:
     """Network-resolution labels -> original image size (nearest); outside the centre crop -> 0."""
     x0, y0, cw, ch = crop
@@ -121,8 +141,13 @@ def _to_original(label: np.ndarray, hw0: tuple[int, int], crop: tuple[int, int, 
 def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Tensor, class_names: Sequence[str],
                    out_dir: Path, *, num_keyframes: Optional[int] = None, keyframe_method: str = "linspace",
                    merge: str = "standard_v2", seed: int = 0, size: int = 512, progress: bool = True,
-                   resize_to_original: bool = True) -> Path:
-    """Segment images jointly with a PanSt3R model and write the folder described in the module docstring."""
+                   resize_to_original: bool = True, class_ids: Optional[Sequence[int]] = None,
+                   write_pointmaps: bool = True) -> Path:
+    """Segment images jointly with a PanSt3R model and write the folder described in the module docstring.
+
+    class_ids: the id written for each vocabulary entry (1..255; default index + 1), e.g. the PanLift ids of
+    a vocabulary whose names map onto PanLift classes.
+    """
     if merge not in MERGES:
         raise InputError(f"unknown merge method {merge!r}; use one of {', '.join(MERGES)}")
     if text_embeddings.ndim != 2 or text_embeddings.shape[0] != len(class_names):
@@ -130,6 +155,9 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
                          f"{len(class_names)} classes; give one embedding row per class name")
     if len(class_names) > 254:
         raise InputError(f"{len(class_names)} classes do not fit uint8 semantics maps (max 254); shorten the vocabulary")
+    ids = list(range(1, len(class_names) + 1)) if class_ids is None else [int(c) for c in class_ids]
+    if len(ids) != len(class_names) or not all(1 <= c <= 255 for c in ids):
+        raise ValueError(f"class_ids must give one id in 1..255 per class name ({len(class_names)}), got {ids}")
     paths = [Path(p) for p in image_paths]
     if not paths:
         raise InputError("no images to segment; pass a folder holding .png/.jpg images")
@@ -155,7 +183,7 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
     H, W = out.true_shape
 
     names = list(class_names)
-    seg_class = {s["id"]: int(s["category_id"]) + 1 for s in res.segments}  # vocabulary index + 1, 0 = void
+    seg_class = {s["id"]: ids[int(s["category_id"])] for s in res.segments}  # 0 stays void
     lut = np.zeros(max(seg_class, default=0) + 1, dtype=np.uint8)
     for sid, c in seg_class.items():
         lut[sid] = c
@@ -187,12 +215,14 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
                     for s in res.segments}
         write_json(tmp / "segments.json", segments)
         write_json(tmp / "cameras.json", cams)
-        np.savez(tmp / "pointmaps.npz", pts3d=out.pts3d.float().numpy(), pts3d_local=out.pts3d_local.float().numpy(),
-                 conf=out.conf.float().numpy(), stems=np.array(loaded.stems))
+        if write_pointmaps:
+            np.savez(tmp / "pointmaps.npz", pts3d=out.pts3d.float().numpy(),
+                     pts3d_local=out.pts3d_local.float().numpy(), conf=out.conf.float().numpy(),
+                     stems=np.array(loaded.stems))
         write_json(tmp / "meta.json", {
             "kind": "panst3r", "variant": getattr(model, "variant", None), "merge": merge, "seed": seed,
             "keyframes": [loaded.stems[k] for k in kf], "keyframe_method": keyframe_method,
-            "vocabulary": names, "semantics": "class id = vocabulary index + 1, 0 = void",
+            "vocabulary": names, "class_ids": ids, "semantics": "class id = class_ids[vocabulary index], 0 = void",
             "network_hw": [H, W], "labels_at": "original" if resize_to_original else "network",
             "stems": loaded.stems, "num_segments": len(res.segments),
         })

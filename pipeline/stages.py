@@ -356,6 +356,10 @@ def validate_segment_inputs(ctx: StageContext) -> None:
             raise InputError("segment.kind panst3r needs --segment.checkpoint PATH to a PanSt3R checkpoint")
         if not Path(sc.checkpoint).is_file():
             raise InputError(f"{sc.checkpoint}: PanSt3R checkpoint not found; pass --segment.checkpoint PATH")
+        _panst3r_merge(sc.merge)
+        if sc.vocabulary != "panlift" and not Path(sc.vocabulary).is_file():
+            raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
+                             "file (one class name a line) or a .pt of names + embeddings (panst3r.text.save_embeddings)")
     else:  # tyro/YAML already restrict it; kept for programmatic configs
         raise InputError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
 
@@ -363,7 +367,7 @@ def validate_segment_inputs(ctx: StageContext) -> None:
 def _segment_inputs(ctx: StageContext) -> dict[str, str]:
     sc = ctx.cfg.segment
     if sc.kind == "panst3r":
-        return {"scene": _scene_geometry_digest(ctx.scene, ctx.hashes), "checkpoint": ctx.hashes.file(sc.checkpoint)}
+        return {"scene": _scene_geometry_digest(ctx.scene, ctx.hashes), **_panst3r_inputs(ctx)}
     src = _mask_source(ctx)
     stems = ctx.scene.train + ctx.scene.test
     files = [src / d / f"{s}.png" for s in stems for d in ("semantics", "instance")]
@@ -453,39 +457,103 @@ def _run_segment_maps(ctx: StageContext, out: Path) -> dict:
     return info
 
 
-def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
-    from panst3r.segment import segment_images  # heavy import, only when used
+_MERGE_ALIASES = {"standard": "standard_v2"}
+
+
+def _panst3r_merge(merge: str) -> str:
+    """segment.merge -> a panst3r.segment merge name ("standard" = the official default standard_v2)."""
+    from panst3r.segment import MERGES
+
+    m = _MERGE_ALIASES.get(merge, merge)
+    if m not in MERGES:
+        raise InputError(f"segment.merge {merge!r} is not a PanSt3R merge; use qubo, standard, {', '.join(MERGES[:2])}")
+    return m
+
+
+def _panst3r_inputs(ctx: StageContext) -> dict[str, str]:
+    sc = ctx.cfg.segment
+    out = {"checkpoint": ctx.hashes.file(sc.checkpoint)}
+    if sc.vocabulary != "panlift" and Path(sc.vocabulary).is_file():
+        out["vocabulary"] = ctx.hashes.file(Path(sc.vocabulary))
+    return out
+
+
+@dataclass
+class _PanSt3R:
+    model: object
+    vocab: object  # panst3r.cli.Vocabulary, semantics ids = PanLift ids
+    size: int  # network long side (the checkpoint's training size)
+
+
+def _load_panst3r(ctx: StageContext) -> _PanSt3R:
+    """Model, PanLift-id vocabulary with text embeddings, network size: what one PanSt3R pass needs."""
+    import panst3r
+    from panst3r.cli import class_vocabulary
+    from panst3r.segment import checkpoint_image_size
 
     sc = ctx.cfg.segment
+    vocab = class_vocabulary(sc.vocabulary, None, ctx.device, panlift_ids=True,
+                             how="--segment.vocabulary FILE.pt (class names + [C, 768] embeddings written by "
+                                 "panst3r.text.save_embeddings), or download google/siglip-base-patch16-224 once")
+    model = panst3r.load(sc.checkpoint, device=ctx.device)
+    if vocab.embeddings.shape[1] != model.config.text_dim:
+        raise InputError(f"{sc.vocabulary}: text embeddings are {vocab.embeddings.shape[1]} wide but {sc.checkpoint} "
+                         f"expects {model.config.text_dim}; encode the classes with the model's text encoder")
+    return _PanSt3R(model, vocab, checkpoint_image_size(sc.checkpoint))
+
+
+def _panst3r_pass(ctx: StageContext, net: _PanSt3R, images: list[Path], out_dir: Path) -> dict[str, dict]:
+    """One multi-view PanSt3R pass over `images` into `out_dir` (labels at each image's size); segments.json."""
+    from panst3r.segment import segment_images
+
+    sc = ctx.cfg.segment
+    segment_images(images, net.model, net.vocab.embeddings.to(ctx.device), net.vocab.names, out_dir,
+                   num_keyframes=sc.keyframes or None, merge=_panst3r_merge(sc.merge), seed=0, size=net.size,
+                   progress=not ctx.quiet and sys.stderr.isatty(), class_ids=net.vocab.class_ids,
+                   write_pointmaps=False)
+    return json.loads((out_dir / "segments.json").read_text())
+
+
+def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
+    """Train views in one multi-view pass (what splat and uplift read); test views in a second pass of their own
+    (the segmenter_on_test score), so no test image influences the 3D pipeline. include_test: one joint pass.
+    The second pass's ids are offset past the first's, so ids never collide across passes."""
+    sc = ctx.cfg.segment
     validate_segment_inputs(ctx)
-    stems = list(ctx.scene.train) + (list(ctx.scene.test) if sc.include_test else [])
-    images = [ctx.scene.frame(s).image for s in stems]
-    result = segment_images(images, checkpoint=sc.checkpoint, vocabulary=sc.vocabulary, merge=sc.merge,
-                            keyframes=sc.keyframes or None, device=ctx.device)
-    id_to_class = _write_segmenter_result(ctx, result, stems, out)
+    net = _load_panst3r(ctx)
+    train = list(ctx.scene.train)
+    test = [s for s in ctx.scene.test if s not in set(train)]
+    passes = {"all": train + test} if sc.include_test else {"train": train, **({"test": test} if test else {})}
     names = _class_names()
-    write_json(out / "segments.json", {str(i): {"class_id": c, "class_name": names.get(c, str(c)),
-                                                 "thing": c in THING_IDS} for i, c in sorted(id_to_class.items())})
-    info = {"kind": "panst3r", "simulated": False, "checkpoint": str(sc.checkpoint), "train": list(ctx.scene.train),
-            "test": list(ctx.scene.test) if sc.include_test else [], "num_instances": len(id_to_class)}
+    segments: dict[int, dict] = {}
+    offset = 0
+    for name, stems in passes.items():
+        frames = [ctx.scene.frame(s) for s in stems]
+        raw = out / "panst3r" / name
+        segs = _panst3r_pass(ctx, net, [f.image for f in frames], raw)
+        for f in frames:
+            inst = read_png(raw / "instance" / f"{Path(f.image).stem}.png").astype(np.int64)
+            inst = _resize_nearest(np.where(inst > 0, inst + offset, 0), (f.height, f.width))
+            sem, _ = panlift_prediction(inst, {int(k) + offset: int(v["class_id"]) for k, v in segs.items()})
+            write_png(out / "semantics" / f"{f.stem}.png", sem)
+            write_png(out / "instance" / f"{f.stem}.png", inst.astype(np.uint16))
+        for k, v in segs.items():
+            c = int(v["class_id"])
+            segments[int(k) + offset] = {"class_id": c, "class_name": names.get(c, str(c)), "thing": c in THING_IDS,
+                                         "score": v.get("score"), "pass": name}
+        offset = max(segments, default=offset)
+    if not any((read_png(out / "instance" / f"{s}.png") > 0).any() for s in train):
+        raise InputError(f"{sc.checkpoint}: PanSt3R found no segment in any of the {len(train)} train views; check "
+                         "the checkpoint and the class text embeddings (segment.vocabulary)")
+    if offset > np.iinfo(np.uint16).max:
+        raise InputError(f"{offset} PanSt3R segments do not fit uint16 instance maps; segment fewer views at once")
+    write_json(out / "segments.json", {str(i): v for i, v in sorted(segments.items())})
+    info = {"kind": "panst3r", "simulated": False, "checkpoint": str(sc.checkpoint),
+            "variant": getattr(net.model, "variant", None), "network_size": net.size, "merge": _panst3r_merge(sc.merge),
+            "vocabulary": sc.vocabulary, "passes": {k: len(v) for k, v in passes.items()},
+            "train": train, "test": test, "num_instances": len(segments)}
     write_json(out / "info.json", info)
     return info
-
-
-def _write_segmenter_result(ctx: StageContext, result, stems: list[str], out: Path) -> dict[int, int]:
-    """PanSt3R output -> semantics/ + instance/ PNGs at each frame's size; returns id -> class."""
-    from PIL import Image
-
-    id_to_class = {int(k): int(v) for k, v in result.id_to_class.items()}
-    for s, inst in zip(stems, result.instance_maps):
-        inst = np.asarray(inst, dtype=np.int64)
-        f = ctx.scene.frame(s)
-        if inst.shape != (f.height, f.width):
-            inst = np.array(Image.fromarray(inst.astype(np.int32)).resize((f.width, f.height), Image.NEAREST))
-        sem, _ = panlift_prediction(inst, id_to_class)
-        write_png(out / "semantics" / f"{s}.png", sem)
-        write_png(out / "instance" / f"{s}.png", inst.astype(np.uint16))
-    return id_to_class
 
 
 def _segment_run(ctx: StageContext, out: Path) -> dict:
@@ -739,29 +807,29 @@ def _rts_inputs(ctx: StageContext) -> dict[str, str]:
     if rts_skip_reason(ctx.cfg) is not None:
         return {}
     return {"render": _upstream(ctx, "render", ("rgb",)), "scene_gt": _scene_gt_digest(ctx.scene, ctx.hashes),
-            "checkpoint": ctx.hashes.file(ctx.cfg.segment.checkpoint)}
+            **_panst3r_inputs(ctx)}
 
 
 def _rts_run(ctx: StageContext, out: Path) -> dict:
+    """PanSt3R on the RGB renders of the test views, all in one multi-view pass, scored like the uplift."""
     why = rts_skip_reason(ctx.cfg)
+    rgb = ctx.stage_dir("render") / "rgb"
+    stems = [s for s in ctx.scene.test if (rgb / f"{s}.png").is_file()]
+    if why is None and not stems:
+        why = f"no rendered test views in {rgb} (render.poses is {ctx.cfg.render.poses}; use test or all)"
     if why is not None:
         (out / "skipped.txt").write_text(why + "\n")
         return {"skipped": why}
-    from panst3r.segment import segment_images
-
     from .metrics import evaluate_scene, json_safe
 
-    sc = ctx.cfg.segment
-    rgb = ctx.stage_dir("render") / "rgb"
-    stems = [s for s in ctx.scene.test if (rgb / f"{s}.png").is_file()]
-    result = segment_images([rgb / f"{s}.png" for s in stems], checkpoint=sc.checkpoint, vocabulary=sc.vocabulary,
-                            merge=sc.merge, keyframes=sc.keyframes or None, device=ctx.device)
-    id_to_class = {int(k): int(v) for k, v in result.id_to_class.items()}
-    for s, inst in zip(stems, result.instance_maps):
-        sem, sur = panlift_prediction(np.asarray(inst), id_to_class)
+    net = _load_panst3r(ctx)
+    segs = _panst3r_pass(ctx, net, [rgb / f"{s}.png" for s in stems], out / "panst3r")
+    id_to_class = {int(k): int(v["class_id"]) for k, v in segs.items()}
+    for s in stems:
+        sem, sur = panlift_prediction(read_png(out / "panst3r" / "instance" / f"{s}.png"), id_to_class)
         write_png(out / "pred_semantics" / f"{s}.png", sem)
         write_png(out / "pred_surrogateid" / f"{s}.png", sur)
-    info: dict = {"num_views": len(stems)}
+    info: dict = {"num_views": len(stems), "num_segments": len(segs), "network_size": net.size}
     if ctx.cfg.evaluate.enabled and scene_has_test_gt(ctx.scene) and ctx.scene.format == "panlift":
         m = json_safe(evaluate_scene(ctx.scene.root, out))
         write_json(out / "eval.json", m)
