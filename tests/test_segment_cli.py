@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +17,27 @@ from pipeline.io import InputError, read_png
 from panst3r.cli import SegmentArgs, list_images, load_text_embeddings, read_vocabulary, segment_command
 
 
+REPO = Path(__file__).absolute().parent.parent
+
+
 def _tiny_model(variant: str):
-    """Tiny pseudo-random network: `panst3r.build_model` (the package API), else the model class itself."""
-    try:
-        from panst3r.model import PanSt3R, tiny_config
-    except ImportError as e:
-        pytest.skip(f"the PanSt3R network (panst3r.model: PanSt3R, tiny_config) is not available: {e}")
-    torch.manual_seed(0)
-    try:
-        from panst3r import build_model
-    except ImportError:
-        return PanSt3R(tiny_config(variant)).eval()
-    return build_model(variant, tiny_config(variant)).eval()
+    """Tiny network with the deterministic pseudo-random weights of `panst3r.build_model`."""
+    import panst3r
+
+    torch.set_num_threads(1)
+    return panst3r.build_model(variant, "tiny")
+
+
+def _offline_siglip(monkeypatch, tmp_path):
+    """As on a machine without SigLIP in the HF cache: empty embedding cache, text model unavailable."""
+    import panst3r.text as text
+    from pipeline.io import InputError as IE
+
+    def unavailable(model, device):
+        raise IE(f"{model}: SigLIP tokenizer not available offline (no cached files)")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(text, "_text_model", unavailable)
 
 
 def _write_images(folder: Path, sizes):
@@ -116,7 +128,8 @@ def test_load_images_official_crop_and_range(tmp_path):
     assert li.crops == [(0, 0, 512, 384)]
 
 
-def test_cli_input_errors(tmp_path):
+def test_cli_input_errors(tmp_path, monkeypatch):
+    _offline_siglip(monkeypatch, tmp_path)
     ck = tmp_path / "model.pth"
     with pytest.raises(InputError, match="images folder not found"):
         segment_command(SegmentArgs(images=tmp_path / "nope", checkpoint=ck, out=tmp_path / "o"))
@@ -149,3 +162,72 @@ def test_segment_args_parse_with_tyro(tmp_path):
     a = tyro.cli(SegmentArgs, args=["--images", str(tmp_path), "--checkpoint", "c.pth", "--out", "o",
                                     "--merge", "qubo", "--keyframes", "4", "--keyframe-method", "fps"])
     assert a.merge == "qubo" and a.keyframes == 4 and a.keyframe_method == "fps" and a.classes == "panlift"
+
+
+def test_segment_command_end_to_end(tmp_path):
+    """`python -m pipeline segment --images DIR --checkpoint PATH --out DIR` on a saved tiny checkpoint."""
+    from panst3r.checkpoint import save
+
+    model = _tiny_model("v2")
+    ckpt = save(model, tmp_path / "tiny_v2.pth")
+    _write_images(tmp_path / "imgs", [(96, 72)] * 3)
+    np.save(tmp_path / "emb.npy", np.random.default_rng(0).standard_normal((21, 16)).astype(np.float32))
+    cmd = [sys.executable, "-m", "pipeline", "segment", "--images", str(tmp_path / "imgs"), "--checkpoint", str(ckpt),
+           "--out", str(tmp_path / "out"), "--text-embeddings", str(tmp_path / "emb.npy"), "--size", "64",
+           "--merge", "standard_v2", "--no-progress"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"segmented 3 images into {tmp_path / 'out'}" in p.stdout
+    out = tmp_path / "out"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["variant"] == "v2" and meta["network_hw"] == [48, 64] and meta["class_ids"] == list(range(1, 22))
+    assert meta["keyframes"] == ["view0", "view1", "view2"] and (out / "pointmaps.npz").is_file()
+    segs = json.loads((out / "segments.json").read_text())
+    from pipeline.classes import PANLIFT_CLASSES
+
+    for v in segs.values():  # --classes panlift: class ids are PanLift ids
+        assert PANLIFT_CLASSES[v["class_id"]] == v["class_name"]
+    for i in range(3):
+        inst = read_png(out / "instance" / f"view{i}.png")
+        assert inst.shape == (72, 96) and set(np.unique(inst).tolist()) - {0} <= {int(k) for k in segs}
+    # a checkpoint's text width is checked against the embeddings before any image is segmented
+    np.save(tmp_path / "wide.npy", np.zeros((21, 8), np.float32))
+    with pytest.raises(InputError, match="8 wide but .* expects 16"):
+        segment_command(SegmentArgs(images=tmp_path / "imgs", checkpoint=ckpt, out=tmp_path / "o2",
+                                    text_embeddings=tmp_path / "wide.npy", progress=False))
+    assert not (tmp_path / "o2").exists()
+
+
+def test_checkpoint_image_size(tmp_path):
+    from panst3r.checkpoint import constructor_strings, save
+    from panst3r.segment import checkpoint_image_size
+
+    model = _tiny_model("v1")
+    assert checkpoint_image_size(save(model, tmp_path / "a.pth")) == 512  # the released layout: 512 models
+    strings = {k: v.replace("img_size=[512, 512]", "img_size=[224, 160]") for k, v in
+               constructor_strings(model.config).items()}
+    torch.save({"weights": model.state_dict(), "args": argparse.Namespace(**strings)}, tmp_path / "b.pth")
+    assert checkpoint_image_size(tmp_path / "b.pth") == 224
+    torch.save({"weights": model.state_dict()}, tmp_path / "c.pth")
+    assert checkpoint_image_size(tmp_path / "c.pth", default=384) == 384
+
+
+def test_vocabulary_files(tmp_path, monkeypatch):
+    from panst3r.cli import class_vocabulary
+    from panst3r.text import save_embeddings
+
+    _offline_siglip(monkeypatch, tmp_path)
+    with pytest.raises(InputError, match="do not store class text embeddings.*pass --segment.vocabulary X"):
+        class_vocabulary("panlift", how="--segment.vocabulary X")
+    emb = torch.randn(3, 16)
+    save_embeddings(tmp_path / "v.pt", emb, ["chair", "armchair", "zebra"])
+    v = class_vocabulary(str(tmp_path / "v.pt"))
+    assert v.names == ["chair", "armchair", "zebra"] and v.class_ids == [1, 2, 3]
+    torch.testing.assert_close(v.embeddings, emb)
+    v = class_vocabulary(str(tmp_path / "v.pt"), panlift_ids=True)
+    from panst3r.text import map_to_panlift
+
+    assert v.class_ids == map_to_panlift(["chair", "armchair", "zebra"]) and v.class_ids[0] == 5 and v.class_ids[2] == 21
+    torch.save(emb, tmp_path / "bare.pt")
+    with pytest.raises(InputError, match="must hold"):
+        class_vocabulary(str(tmp_path / "bare.pt"))
