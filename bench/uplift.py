@@ -57,7 +57,8 @@ def read_points(path: Path) -> np.ndarray:
 def load_gaussians(path: Path):
     from splat.ply import load_ply
 
-    return load_ply(path)
+    g, _ = load_ply(path)
+    return g
 
 
 def grid_labels(shape: tuple[int, int], k: int, seed: int, cell: int = 16) -> np.ndarray:
@@ -141,7 +142,8 @@ def main() -> None:
         src = "random init around points3d.ply"
     g = {k: v.detach() for k, v in g.items()}
     n = int(g["means"].shape[0])
-    k_all = len(np.unique(np.concatenate([np.unique(l) for l in labels]))) - 1
+    all_ids = np.unique(np.concatenate([np.unique(l) for l in labels]))
+    k_all = int((all_ids != 0).sum())  # label 0 does not vote (ignore_label)
     per_view = np.mean([len(np.unique(l)) - (0 in l) for l in labels])
     print(f"scene {scene_dir.name}: {len(frames)} train views at {cams.width}x{cams.height}, {n:,} Gaussians ({src}), "
           f"{k_all} labels ({per_view:.1f} per view on average), torch threads {torch.get_num_threads()}, backend {args.backend}")
