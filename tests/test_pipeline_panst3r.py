@@ -46,17 +46,22 @@ def files(tmp_path_factory):
     ckpt = d / "tiny_v1.pth"
     torch.save({"weights": model.state_dict(), "args": argparse.Namespace(**strings), "epoch": 0}, ckpt)
     prompts, ids = panlift_vocabulary()
-    emb = torch.randn(len(prompts), model.config.text_dim, generator=torch.Generator().manual_seed(3))
+    emb = torch.randn(len(prompts), model.config.text_dim, generator=torch.Generator().manual_seed(1))
     vocab = save_embeddings(d / "vocab.pt", emb / emb.norm(dim=-1, keepdim=True), prompts)
     return {"dir": d, "scene": scene, "ckpt": ckpt, "vocab": vocab, "model": model}
+
+
+def panst3r_args(files, run_dir):
+    # standard merge (= standard_v2): with these embeddings the random network gives a thing and a stuff segment
+    return ("--scene.path", str(files["scene"]), "--segment.kind", "panst3r", "--segment.checkpoint", str(files["ckpt"]),
+            "--segment.vocabulary", str(files["vocab"]), "--segment.merge", "standard", "--splat.preset", "tiny",
+            "--output.dir", str(run_dir))
 
 
 @pytest.fixture(scope="module")
 def run(files):
     run_dir = files["dir"] / "run"
-    p = run_cli("--scene.path", str(files["scene"]), "--segment.kind", "panst3r", "--segment.checkpoint",
-                str(files["ckpt"]), "--segment.vocabulary", str(files["vocab"]), "--splat.preset", "tiny",
-                "--output.dir", str(run_dir))
+    p = run_cli(*panst3r_args(files, run_dir))
     assert p.returncode == 0, p.stdout + p.stderr
     return run_dir, p
 
@@ -77,7 +82,7 @@ def test_segment_stage_maps(files, run):
     info = json.loads((seg / "info.json").read_text())
     assert info["kind"] == "panst3r" and info["simulated"] is False and info["network_size"] == 64
     assert info["train"] == scene.train and info["test"] == scene.test
-    assert info["passes"] == {"train": len(scene.train), "test": len(scene.test)} and info["merge"] == "qubo"
+    assert info["passes"] == {"train": len(scene.train), "test": len(scene.test)} and info["merge"] == "standard_v2"
     segments = {int(k): v for k, v in json.loads((seg / "segments.json").read_text()).items()}
     assert segments and info["num_instances"] == len(segments)
     for i, v in segments.items():
@@ -85,7 +90,7 @@ def test_segment_stage_maps(files, run):
         assert v["thing"] == (v["class_id"] in THING_IDS)
     # one multi-view pass per split, official flow: all views are keyframes (<= 50), network size 64x48
     meta = json.loads((seg / "panst3r" / "train" / "meta.json").read_text())
-    assert meta["network_hw"] == [48, 64] and meta["keyframes"] == scene.train and meta["merge"] == "qubo"
+    assert meta["network_hw"] == [48, 64] and meta["keyframes"] == scene.train and meta["merge"] == "standard_v2"
     assert meta["class_ids"] == list(range(1, 22)) and not (seg / "panst3r" / "train" / "pointmaps.npz").exists()
     ids_by_pass = {"train": set(), "test": set()}
     for split, stems in (("train", scene.train), ("test", scene.test)):
@@ -114,7 +119,7 @@ def test_segment_stage_matches_a_direct_pass(files, run):
     scene = _scene(files)
     vocab = class_vocabulary(str(files["vocab"]), panlift_ids=True)
     out = segment_images([scene.frame(s).image for s in scene.train], files["model"], vocab.embeddings, vocab.names,
-                         files["dir"] / "direct", merge="qubo", size=64, progress=False, class_ids=vocab.class_ids)
+                         files["dir"] / "direct", merge="standard_v2", size=64, progress=False, class_ids=vocab.class_ids)
     for s in scene.train:
         np.testing.assert_array_equal(read_png(out / "instance" / f"{s}.png"),
                                       read_png(run_dir / "segment" / "instance" / f"{s}.png"))
@@ -154,9 +159,7 @@ def test_metrics_and_render_then_segment(files, run):
 
 def test_rerun_is_cached(files, run):
     run_dir, _ = run
-    p = run_cli("--scene.path", str(files["scene"]), "--segment.kind", "panst3r", "--segment.checkpoint",
-                str(files["ckpt"]), "--segment.vocabulary", str(files["vocab"]), "--splat.preset", "tiny",
-                "--output.dir", str(run_dir))
+    p = run_cli(*panst3r_args(files, run_dir))
     assert p.returncode == 0, p.stderr
     for stage in ("segment", "splat", "uplift", "render", "evaluate", "render_then_segment"):
         assert f"{stage} cached" in p.stdout.replace("\n", " "), p.stdout
