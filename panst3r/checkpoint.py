@@ -337,15 +337,16 @@ def recipe_tensor(key: str, shape) -> Tensor:
     g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
     shape = tuple(int(s) for s in shape)
     fan_in = math.prod(shape[1:])
+    w = torch.randn(shape, generator=g)  # scaled in place: same values as `w * s`, no second allocation
     if key.endswith(_N01_KEYS) and key.startswith("panoptic_decoder."):
-        return torch.randn(shape, generator=g)
+        return w
     if len(shape) >= 2 and key.endswith("out_proj.weight"):
-        return torch.randn(shape, generator=g) * (0.1 / math.sqrt(fan_in))
+        return w.mul_(0.1 / math.sqrt(fan_in))
     if len(shape) >= 2 and key.endswith("weight"):
-        return torch.randn(shape, generator=g) * (1.0 / math.sqrt(fan_in))
+        return w.mul_(1.0 / math.sqrt(fan_in))
     if len(shape) == 1 and key.endswith(".weight"):
-        return 1 + 0.02 * torch.randn(shape, generator=g)
-    return 0.02 * torch.randn(shape, generator=g)
+        return w.mul_(0.02).add_(1)
+    return w.mul_(0.02)
 
 
 def pseudo_random_state_dict(model: torch.nn.Module, skip: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:

@@ -36,8 +36,8 @@ class DecoderBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, pos: Tensor, mem: Tensor) -> Tensor:
-        # x: [B, N, C]; pos: [B, N, 2]; mem: [B, M, C] (already through norm_y)
+    def forward(self, x: Tensor, pos: Tensor, mem) -> Tensor:
+        # x: [B, N, C]; pos: [B, N, 2]; mem: [B, M, C] (already through norm_y) or its projected (k, v)
         x = x + self.attn(self.norm1(x), pos)
         x = x + self.cross_attn(self.norm2(x), mem)
         return x + self.mlp(self.norm3(x))
@@ -85,12 +85,20 @@ class MUSt3RDecoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def render(self, x_enc: Tensor, pos: Tensor, mem: Memory, true_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """Decode images against a fixed memory -> (raw pointmap [B, H, W, 7], last features [B, N, C])."""
-        B = x_enc.shape[0]
+    def prepare_memory(self, mem: Memory) -> list:
+        """Project every layer's memory to cross-attention keys/values once, for many renders (2x memory)."""
+        return [blk.cross_attn.project_kv(m[None]) for blk, m in zip(self.blocks_dec, mem)]
+
+    @torch.no_grad()
+    def render(self, x_enc: Tensor, pos: Tensor, mem: list, true_shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Decode images against a fixed memory -> (raw pointmap [B, H, W, 7], last features [B, N, C]).
+
+        mem: the `Memory` token list, or its `prepare_memory` form.
+        """
         x = self.feat_embed_enc_to_dec(x_enc) + self.image2_embed
         for i, blk in enumerate(self.blocks_dec):
-            x = blk(x, pos, mem[i][None].expand(B, -1, -1))
+            m = mem[i] if isinstance(mem[i], tuple) else mem[i][None]
+            x = blk(x, pos, m)
         feats = self.norm_dec(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             raw = self.head_dec(feats.float(), true_shape)

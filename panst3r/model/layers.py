@@ -104,13 +104,22 @@ class CrossAttention(nn.Module):
         self.projv = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mem: Tensor) -> Tensor:
-        B, N, C = x.shape  # x: [B, N, C]; mem: [B, M, C]
-        M = mem.shape[1]
+    def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a token set mem [B, M, C] -> 2 x [B, heads, M, hd] (reusable across queries)."""
+        B, M, C = mem.shape
         h = self.num_heads
-        q = self.projq(x).reshape(B, N, h, C // h).transpose(1, 2)
         k = self.projk(mem).reshape(B, M, h, C // h).transpose(1, 2)
         v = self.projv(mem).reshape(B, M, h, C // h).transpose(1, 2)
+        return k, v
+
+    def forward(self, x: Tensor, mem: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """x [B, N, C]; mem: tokens [B, M, C] or their `project_kv` (batch 1 broadcasts over B)."""
+        B, N, C = x.shape
+        h = self.num_heads
+        q = self.projq(x).reshape(B, N, h, C // h).transpose(1, 2)
+        k, v = mem if isinstance(mem, tuple) else self.project_kv(mem)
+        if k.shape[0] != B:
+            k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 

@@ -12,7 +12,7 @@ Outputs are returned in the caller's view order; masks stay at H/2 x W/2 per vie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -50,6 +50,9 @@ class EncodedViews:
     x_enc: Tensor  # [V, N, enc_dim]
     pos: Tensor  # [N, 2] (row, col)
     x_dino: Tensor  # [V, N, dino_dim]
+    renders: dict = field(default_factory=dict, repr=False)
+    """MUSt3R renders (raw pointmap, decoder tokens) keyed by (backbone, keyframes, view): a second `infer`
+    with the same keyframes on a model sharing this MUSt3R backbone (e.g. v1 and v2) skips the decoder."""
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -128,22 +131,38 @@ class PanSt3R(nn.Module):
             mem = dec.update_memory(x_enc[k:k + 1], pos_b, mem)
         return mem
 
+    def _backbone_key(self) -> tuple:
+        dec = self.must3r_decoder
+        return (dec.image2_embed.data_ptr(), dec.head_dec.proj.weight.data_ptr(),
+                self.must3r_encoder.norm_enc.weight.data_ptr())
+
     @torch.no_grad()
-    def _render_views(self, idx: Sequence[int], images: Tensor, enc: EncodedViews, mem: list, max_bs: int, bar):
-        """Render views `idx` -> (raw pointmaps [n, H, W, 7] on CPU, fpn list, mask-feature list)."""
+    def _render_views(self, idx: Sequence[int], images: Tensor, enc: EncodedViews, memory, renders: dict,
+                      kf_key: tuple, max_bs: int, bar):
+        """Views `idx` -> (raw pointmaps [n, H, W, 7] on CPU, fpn list, mask-feature list).
+
+        memory(): the keyframe memory (built on first use); renders: cache of (raw, y_dec) per view.
+        """
         dev = self.device
         H, W = images.shape[-2:]
         p = self.config.patch_size
         hw = (H // p, W // p)
+        todo = [v for v in idx if (kf_key, v) not in renders]
+        for s in range(0, len(todo), max_bs):
+            sel = todo[s:s + max_bs]
+            pos = enc.pos.to(dev)[None].expand(len(sel), -1, -1)
+            raw, y_dec = self.must3r_decoder.render(enc.x_enc[sel].to(dev), pos, memory(), (H, W))
+            for j, v in enumerate(sel):
+                renders[(kf_key, v)] = (raw[j].cpu(), y_dec[j])
         raws, fpns, mfs = [], [], []
         for s in range(0, len(idx), max_bs):
             sel = list(idx[s:s + max_bs])
             x_enc = enc.x_enc[sel].to(dev)
             pos = enc.pos.to(dev)[None].expand(len(sel), -1, -1)
-            raw, y_dec = self.must3r_decoder.render(x_enc, pos, mem, (H, W))
+            y_dec = torch.stack([renders[(kf_key, v)][1] for v in sel]).to(dev)
             fused = fuse_features(x_enc, y_dec, enc.x_dino[sel].to(dev))
             fpn, mf = self.panoptic_decoder.features(fused, pos, images[sel].to(dev, torch.float32), hw)
-            raws.append(raw.cpu())
+            raws.append(torch.stack([renders[(kf_key, v)][0] for v in sel]))
             fpns.extend(fpn.unbind(0))
             mfs.extend(mf.unbind(0))
             if bar is not None:
@@ -168,9 +187,20 @@ class PanSt3R(nn.Module):
         text = text_embeddings.to(dev, torch.float32)
         mt = self.panoptic_decoder.mask_transformer
 
-        mem = self.build_memory(enc.x_enc[kf].to(dev), enc.pos.to(dev))
+        held: list = []
+
+        def memory():
+            if not held:
+                mem = self.build_memory(enc.x_enc[kf].to(dev), enc.pos.to(dev))
+                nbytes = sum(m.numel() * m.element_size() for m in mem)
+                # projected keys/values are reused by every render; skip that when they would be large
+                held.append(self.must3r_decoder.prepare_memory(mem) if nbytes <= (1 << 30) else mem)
+            return held[0]
+
+        renders = enc.renders if encoded is not None else {}
+        kf_key = (self._backbone_key(), tuple(kf))
         bar = _progress(V, progress, "PanSt3R decode")
-        raw_kf, fpn_kf, mf_kf = self._render_views(kf, images, enc, mem, max_bs, bar)
+        raw_kf, fpn_kf, mf_kf = self._render_views(kf, images, enc, memory, renders, kf_key, max_bs, bar)
         logits, masks_kf, out_q = mt(fpn_kf, mf_kf, text)
         del fpn_kf, mf_kf
         raw = torch.empty((V, H, W, raw_kf.shape[-1]), dtype=torch.float32)
@@ -180,13 +210,14 @@ class PanSt3R(nn.Module):
             masks[k] = m.cpu()
         for s in range(0, len(others), max_bs):
             sel = others[s:s + max_bs]
-            r, _, mfs = self._render_views(sel, images, enc, mem, max_bs, bar)
+            r, _, mfs = self._render_views(sel, images, enc, memory, renders, kf_key, max_bs, bar)
             raw[sel] = r
             _, ms = mt.prediction_heads(out_q, mfs, None)
             for k, m in zip(sel, ms):
                 masks[k] = m.cpu()
         if bar is not None:
             bar.close()
+        held.clear()
         pts3d, pts3d_local, conf = postprocess_pointmap(raw)
         return PanSt3ROutput(pts3d=pts3d, pts3d_local=pts3d_local, conf=conf, pred_logits=logits.cpu(),
                              pred_masks=masks, out_queries=out_q.cpu(), keyframes=kf, true_shape=(int(H), int(W)))
