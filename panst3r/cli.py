@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 
 from pipeline.io import InputError
@@ -85,27 +84,14 @@ def load_text_embeddings(path: Optional[Path], names: list[str], device: str = "
     if path is None:
         raise InputError("PanSt3R checkpoints do not store class text embeddings; pass --text-embeddings FILE "
                          "(.npy/.pt [C, 768]) or a local SigLIP directory")
+    from . import text
+
     path = Path(path)
     if path.is_dir():
-        from . import text
-
         return text.encode_classes(names, path, device=device).float().cpu()
     if not path.is_file():
-        raise InputError(f"{path}: text-embedding file not found; pass an .npy/.npz/.pt file or a SigLIP directory")
-    try:
-        if path.suffix in (".pt", ".pth"):
-            emb = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            data = np.load(path)
-            emb = data[data.files[0]] if hasattr(data, "files") else data
-        emb = torch.as_tensor(np.asarray(emb), dtype=torch.float32)
-    except Exception as e:
-        raise InputError(f"{path}: cannot read text embeddings ({type(e).__name__}: {e}); save a [C, 768] "
-                         "float array with numpy.save or torch.save") from None
-    if emb.ndim != 2 or emb.shape[0] != len(names):
-        raise InputError(f"{path}: text embeddings are {tuple(emb.shape)} but the vocabulary has {len(names)} "
-                         "classes; give one row per class name, in vocabulary order")
-    return emb
+        raise InputError(f"{path}: text-embedding file not found; pass an .npy/.pt file or a SigLIP directory")
+    return text.load_embeddings(path, names)
 
 
 @dataclass

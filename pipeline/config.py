@@ -81,7 +81,8 @@ class SegmentSection:
     checkpoint: Optional[Path] = None
     """panst3r: checkpoint file (.pth) of the PanSt3R model."""
     vocabulary: str = "panlift"
-    """panst3r: class vocabulary the masks are labelled with (PanLift's 21 classes by default)."""
+    """panst3r: class vocabulary: "panlift" (PanLift's 21 classes, the default), a text file of class names (mapped to
+    PanLift ids), or a .pt of class names + embeddings written by panst3r.text.save_embeddings."""
     text_embeddings: Optional[Path] = None
     """panst3r: precomputed class-name embeddings (.npy/.pt, one row per vocabulary class); skips SigLIP."""
     siglip: Optional[Path] = None
@@ -92,8 +93,8 @@ class SegmentSection:
     keyframes: int = 0
     """panst3r: number of keyframes for the multi-view pass (0 = the segmenter's default)."""
     include_test: bool = False
-    """panst3r: also segment the test images in the same multi-view pass, to score the segmenter directly on
-    test views (uses the real test images; the paper's segmenter row runs on 3DGS renders instead)."""
+    """panst3r: segment train and test images in ONE joint multi-view pass. By default the test images get a
+    separate pass (scored as segmenter_on_test), so no test image influences the 3D pipeline."""
 
 
 @dataclass

@@ -492,9 +492,9 @@ def _load_panst3r(ctx: StageContext) -> _PanSt3R:
     from panst3r.segment import checkpoint_image_size
 
     sc = ctx.cfg.segment
-    vocab = class_vocabulary(sc.vocabulary, None, ctx.device, panlift_ids=True,
-                             how="--segment.vocabulary FILE.pt (class names + [C, 768] embeddings written by "
-                                 "panst3r.text.save_embeddings), or download google/siglip-base-patch16-224 once")
+    vocab = class_vocabulary(sc.vocabulary, sc.text_embeddings or sc.siglip, ctx.device, panlift_ids=True,
+                             how="--segment.text-embeddings FILE, --segment.siglip DIR, or --segment.vocabulary "
+                                 "FILE.pt (class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
     model = panst3r.load(sc.checkpoint, device=ctx.device)
     if vocab.embeddings.shape[1] != model.config.text_dim:
         raise InputError(f"{sc.vocabulary}: text embeddings are {vocab.embeddings.shape[1]} wide but {sc.checkpoint} "

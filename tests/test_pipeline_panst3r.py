@@ -186,6 +186,11 @@ def test_bad_vocabulary_width_and_merge(files, tmp_path):
                 str(files["ckpt"]), "--segment.vocabulary", str(wide), "--splat.preset", "tiny",
                 "--output.dir", str(tmp_path / "run"))
     assert p.returncode == 2 and "24 wide" in p.stderr and "expects 16" in p.stderr, p.stderr
+    # the same file given as --segment.text-embeddings for the default "panlift" vocabulary reaches the same check
+    p = run_cli("--scene.path", str(files["scene"]), "--segment.kind", "panst3r", "--segment.checkpoint",
+                str(files["ckpt"]), "--segment.text-embeddings", str(wide), "--splat.preset", "tiny",
+                "--output.dir", str(tmp_path / "run3"))
+    assert p.returncode == 2 and "24 wide" in p.stderr and "expects 16" in p.stderr, p.stderr
     p = run_cli("--scene.path", str(files["scene"]), "--segment.kind", "panst3r", "--segment.checkpoint",
                 str(files["ckpt"]), "--segment.merge", "greedy", "--output.dir", str(tmp_path / "run2"))
     assert p.returncode == 2 and "segment.merge 'greedy'" in p.stderr, p.stderr

@@ -149,7 +149,7 @@ def test_cli_input_errors(tmp_path, monkeypatch):
     assert read_vocabulary(str(tmp_path / "classes.txt")) == ["chair", "table"]
     assert read_vocabulary("panlift")[:2] == ["wall", "floor"] and len(read_vocabulary("panlift")) == 21
     np.save(tmp_path / "emb.npy", np.zeros((3, 8), np.float32))
-    with pytest.raises(InputError, match="vocabulary has 2 classes"):
+    with pytest.raises(InputError, match="3 embeddings for 2 classes"):
         load_text_embeddings(tmp_path / "emb.npy", ["chair", "table"])
     assert load_text_embeddings(tmp_path / "emb.npy", ["a", "b", "c"]).shape == (3, 8)
     assert [p.name for p in list_images(tmp_path / "imgs")] == ["view0.png"]
