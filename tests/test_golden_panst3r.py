@@ -218,19 +218,20 @@ def test_golden_panoptic(runs, variant, tag):
                 atol, near, 1e-4, qaxis=1)
 
 
+@pytest.mark.parametrize("variant", ["v1", "v2"])
 @pytest.mark.parametrize("tag", list(KEYFRAMES))
-def test_golden_pan_standard_v2(runs, tag):
-    """The other half's standard_v2 merge on our v2 network outputs gives the official instance maps."""
+def test_golden_pan_standard_v2(runs, variant, tag):
+    """The standard_v2 merge (panst3r.postprocess) on our network outputs gives the official instance maps."""
     try:
         from panst3r.postprocess import panoptic_standard
     except ImportError as e:  # pragma: no cover - the post-processing half not there yet
         pytest.skip(f"panst3r.postprocess not importable yet ({e})")
-    out, _ = runs("v2", tag)
-    ref = np.load(GOLDEN / f"panst3r_v2_{tag}.npz")["pan_standard_v2"]
+    out, _ = runs(variant, tag)
+    ref = np.load(GOLDEN / f"panst3r_{variant}_{tag}.npz")["pan_standard_v2"]
     res = panoptic_standard(out.pred_logits, out.pred_masks, HW, version="v2")
     for v in range(3):
         np.testing.assert_array_equal(np.asarray(res.pan[v]), ref[v])
-    seg = json.loads((GOLDEN / f"segments_v2_{tag}.json").read_text())["standard_v2"]
+    seg = json.loads((GOLDEN / f"segments_{variant}_{tag}.json").read_text())["standard_v2"]
     seg = seg["segments"] if isinstance(seg, dict) else seg
     assert [(s["id"], s["query_id"], s["category_id"]) for s in res.segments] == \
         [(s["id"], s["query_id"], s["category_id"]) for s in seg]
