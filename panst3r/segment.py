@@ -37,13 +37,12 @@ from pipeline.labels import overlay
 from .cameras import recover_cameras
 from .keyframes import image_descriptors, select_keyframes
 from .postprocess import PanopticResult, panoptic_qubo, panoptic_standard
+from .preprocess import ALLOWED_SIZES_512
 
 __all__ = ["segment_images", "load_images", "LoadedImages", "network_size", "merge_output", "MERGES",
            "checkpoint_image_size"]
 
 MERGES = ("standard_v2", "standard_v1", "qubo")
-# MUSt3R's allowed sizes for the 512 models (spec §1.2), as (W, H) landscape; portrait uses the transpose.
-_SIZES_512 = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
 
 
 @dataclass
@@ -62,7 +61,7 @@ def network_size(h0: int, w0: int, size: int = 512, patch: int = 16) -> tuple[in
     portrait = h0 > w0
     ratio = (h0 / w0) if portrait else (w0 / h0)
     sizes = [(max(patch, round(w * size / 512 / patch) * patch), max(patch, round(h * size / 512 / patch) * patch))
-             for w, h in _SIZES_512]
+             for w, h in ALLOWED_SIZES_512]
     w, h = min(sizes, key=lambda s: abs(s[0] / s[1] - ratio))
     return (w, h) if portrait else (h, w)
 
