@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .classes import PANLIFT_CLASSES, THING_IDS, is_thing
+from .classes import PANLIFT_CLASSES, is_thing
 from .io import InputError, atomic_dir
 
 __all__ = [
