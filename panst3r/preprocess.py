@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ImageInfo", "ALLOWED_SIZES_512", "target_size", "preprocess", "load_image", "load_images",
-           "to_original_orientation"]
+__all__ = ["ImageInfo", "UnreadableImage", "ALLOWED_SIZES_512", "allowed_sizes", "target_size", "preprocess", "load_image",
+           "load_images", "to_original_orientation"]
 
 # (W, H) landscape sizes of the 512 models: 4:3, 32:21, 16:9, 2:1, 16:5
 ALLOWED_SIZES_512: tuple[tuple[int, int], ...] = ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
@@ -42,6 +42,15 @@ class ImageInfo:
     crop_box: tuple[int, int, int, int]  # (left, top, right, bottom) in the (rotated) original pixels
     true_shape: tuple[int, int]  # (H, W) given to the network
     path: Optional[str] = None
+
+
+def allowed_sizes(size: int = 512, patch: int = 16) -> tuple[tuple[int, int], ...]:
+    """(W, H) landscape sizes for a model trained at long side `size`: the 512 table scaled by size/512 and
+    rounded to multiples of `patch` (identity for the released 512 models; small sizes serve tiny test models)."""
+    if size == 512:
+        return ALLOWED_SIZES_512
+    return tuple((max(patch, round(w * size / 512 / patch) * patch), max(patch, round(h * size / 512 / patch) * patch))
+                 for w, h in ALLOWED_SIZES_512)
 
 
 def target_size(w: int, h: int, allowed: Sequence[tuple[int, int]] = ALLOWED_SIZES_512) -> tuple[int, int]:
@@ -64,10 +73,11 @@ def _center_crop_box(w: int, h: int, ratio: float) -> tuple[int, int, int, int]:
 
 
 def preprocess(rgb: np.ndarray | Tensor, *, size: Optional[tuple[int, int]] = None, portrait: str = "rotate",
+               allowed: Sequence[tuple[int, int]] = ALLOWED_SIZES_512,
                path: Optional[str] = None) -> tuple[Tensor, ImageInfo]:
     """One image -> ([3, H, W] float32 in [-1, 1], ImageInfo).
 
-    rgb: [H, W, 3] uint8 (or float in [0, 1]); size: force a (W, H) target (else the nearest allowed size).
+    rgb: [H, W, 3] uint8 (or float in [0, 1]); size: force a (W, H) target (else the nearest of `allowed`).
     """
     if portrait not in ("rotate", "native"):
         raise ValueError(f"portrait must be 'rotate' or 'native', got {portrait!r}")
@@ -81,7 +91,7 @@ def preprocess(rgb: np.ndarray | Tensor, *, size: Optional[tuple[int, int]] = No
     if rotated:
         x = torch.rot90(x, k=-1, dims=(1, 2))  # clockwise: [3, W0, H0]
     h, w = x.shape[-2:]
-    tw, th = size if size is not None else target_size(w, h)
+    tw, th = size if size is not None else target_size(w, h, allowed)
     if (w, h) == (tw, th):
         box = (0, 0, w, h)
     else:
@@ -92,19 +102,27 @@ def preprocess(rgb: np.ndarray | Tensor, *, size: Optional[tuple[int, int]] = No
     return x.contiguous(), ImageInfo((int(ow), int(oh)), rotated, box, (int(th), int(tw)), path)
 
 
+class UnreadableImage(ValueError):
+    """An image file PIL cannot decode (the message names the file)."""
+
+
 def load_image(path: str | os.PathLike, **kw) -> tuple[Tensor, ImageInfo]:
     from PIL import Image
 
-    with Image.open(path) as im:
-        rgb = np.array(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            rgb = np.array(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise UnreadableImage(f"{path}: cannot read image ({e}); remove it or re-export it as PNG/JPEG") from None
     return preprocess(rgb, path=str(path), **kw)
 
 
-def load_images(paths: Sequence[str | os.PathLike], *, portrait: str = "rotate") -> tuple[Tensor, list[ImageInfo]]:
+def load_images(paths: Sequence[str | os.PathLike], *, portrait: str = "rotate",
+                allowed: Sequence[tuple[int, int]] = ALLOWED_SIZES_512) -> tuple[Tensor, list[ImageInfo]]:
     """Several views -> ([V, 3, H, W], infos), all at the size chosen for the first image."""
     if not paths:
         raise ValueError("no images given")
-    first, info0 = load_image(paths[0], portrait=portrait)
+    first, info0 = load_image(paths[0], portrait=portrait, allowed=allowed)
     size = (info0.true_shape[1], info0.true_shape[0])
     imgs, infos = [first], [info0]
     for p in paths[1:]:

@@ -37,9 +37,10 @@ from pipeline.labels import overlay
 from .cameras import recover_cameras
 from .keyframes import image_descriptors, select_keyframes
 from .postprocess import PanopticResult, panoptic_qubo, panoptic_standard
-from .preprocess import ALLOWED_SIZES_512
+from .preprocess import UnreadableImage, allowed_sizes
+from .preprocess import load_images as _load
 
-__all__ = ["segment_images", "load_images", "LoadedImages", "network_size", "merge_output", "MERGES",
+__all__ = ["segment_images", "load_images", "LoadedImages", "merge_output", "MERGES",
            "checkpoint_image_size"]
 
 MERGES = ("standard_v2", "standard_v1", "qubo")
@@ -53,51 +54,18 @@ class LoadedImages:
     crops: list[tuple[int, int, int, int]]  # per view (x0, y0, crop_w, crop_h) in original pixels
 
 
-def network_size(h0: int, w0: int, size: int = 512, patch: int = 16) -> tuple[int, int]:
-    """(H, W) the image is cropped and resized to: the allowed size of nearest aspect ratio (spec §1.2).
-
-    For size != 512 the 512 table is scaled by size/512 and rounded to multiples of `patch`.
-    """
-    portrait = h0 > w0
-    ratio = (h0 / w0) if portrait else (w0 / h0)
-    sizes = [(max(patch, round(w * size / 512 / patch) * patch), max(patch, round(h * size / 512 / patch) * patch))
-             for w, h in ALLOWED_SIZES_512]
-    w, h = min(sizes, key=lambda s: abs(s[0] / s[1] - ratio))
-    return (w, h) if portrait else (h, w)
-
-
 def load_images(paths: Sequence[Path], size: int = 512, patch: int = 16) -> LoadedImages:
-    """Official loader order: RGB -> [-1, 1] at full size -> centre crop to the target ratio -> bilinear
-    antialiased resize. All views share the first image's network size (the model takes one [V, 3, H, W])."""
-    imgs, stems, orig, crops = [], [], [], []
-    target: Optional[tuple[int, int]] = None
-    for p in paths:
-        p = Path(p)
-        try:
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-        except Exception as e:
-            raise InputError(f"{p}: cannot read image ({e}); remove it or re-export it as PNG/JPEG") from None
-        h0, w0 = arr.shape[:2]
-        if target is None:
-            target = network_size(h0, w0, size, patch)
-        th, tw = target
-        x = (torch.from_numpy(arr).permute(2, 0, 1) / 255.0 - 0.5) / 0.5  # [3, H0, W0]
-        if w0 / h0 > tw / th:  # too wide: crop the width
-            ch, cw = h0, min(w0, int(h0 * tw / th))
-        else:
-            ch, cw = min(h0, int(w0 * th / tw)), w0
-        y0, x0 = int(round((h0 - ch) / 2.0)), int(round((w0 - cw) / 2.0))
-        x = x[:, y0:y0 + ch, x0:x0 + cw]
-        if (ch, cw) != (th, tw):
-            x = F.interpolate(x[None], size=(th, tw), mode="bilinear", align_corners=False, antialias=True)[0]
-        imgs.append(x)
-        stems.append(p.stem)
-        orig.append((h0, w0))
-        crops.append((x0, y0, cw, ch))
-    if not imgs:
+    """`panst3r.preprocess.load_images` in the official demo's portrait mode (transposed sizes, no rotation),
+    with the allowed-size table for a model trained at long side `size`; unreadable files -> InputError."""
+    if not paths:
         raise InputError("no images to segment")
-    return LoadedImages(torch.stack(imgs), stems, orig, crops)
+    try:
+        images, infos = _load(list(paths), portrait="native", allowed=allowed_sizes(size, patch))
+    except UnreadableImage as e:
+        raise InputError(str(e)) from None
+    crops = [(l, t, r - l, b - t) for l, t, r, b in (i.crop_box for i in infos)]
+    return LoadedImages(images, [Path(p).stem for p in paths], [(i.orig_size[1], i.orig_size[0]) for i in infos],
+                        crops)
 
 
 def merge_output(out, merge: str = "standard_v2", seed: int = 0) -> PanopticResult:

@@ -161,3 +161,10 @@ def test_sigkill_during_splat_then_resume_is_identical(reference, tiny_scene, tm
     p = run_cli(tiny_scene, run_dir)
     assert p.returncode == 0, p.stdout + p.stderr
     assert final_outputs(run_dir) == final_outputs(reference)
+
+
+def test_labelled_percent_rounds_down():
+    from pipeline.run import _floor_percent
+    assert _floor_percent(19187 / 19230) == "99.7%"  # 99.776...: never shown as 100% while any are unlabelled
+    assert _floor_percent(1.0) == "100.0%"
+    assert _floor_percent(0.0) == "0.0%"

@@ -115,12 +115,14 @@ def test_segment_images_end_to_end(tmp_path, variant, merge, method):
 
 
 def test_load_images_official_crop_and_range(tmp_path):
-    from panst3r.segment import load_images, network_size
+    from panst3r.preprocess import allowed_sizes, target_size
+    from panst3r.segment import load_images
 
-    assert network_size(384, 512) == (384, 512)
-    assert network_size(1080, 1920) == (288, 512)  # 16:9
-    assert network_size(640, 480) == (512, 384)  # portrait: transposed size
-    assert network_size(72, 96, size=64) == (48, 64)
+    assert target_size(512, 384) == (512, 384)
+    assert target_size(1920, 1080) == (512, 288)  # 16:9
+    assert target_size(480, 640) == (384, 512)  # portrait: transposed size
+    assert target_size(96, 72, allowed_sizes(64)) == (64, 48)
+    assert allowed_sizes(512) == ((512, 384), (512, 336), (512, 288), (512, 256), (512, 160))
     p = _write_images(tmp_path, [(512, 384)])[0]
     li = load_images([p])
     raw = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
@@ -231,3 +233,13 @@ def test_vocabulary_files(tmp_path, monkeypatch):
     torch.save(emb, tmp_path / "bare.pt")
     with pytest.raises(InputError, match="must hold"):
         class_vocabulary(str(tmp_path / "bare.pt"))
+
+
+def test_load_images_unreadable_file_is_one_line(tmp_path):
+    from panst3r.segment import load_images
+
+    good = _write_images(tmp_path, [(96, 72)])[0]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(InputError, match=r"broken\.png: cannot read image .*re-export it"):
+        load_images([good, bad], size=64)
