@@ -36,6 +36,7 @@ from torch import Tensor
 
 __all__ = [
     "ALPHA_MAX", "ALPHA_MIN", "T_STOP", "TILE", "project", "composite", "composite_reference", "rasterize",
+    "label_weight_sums",
 ]
 
 ALPHA_MAX = 0.999  # gsplat 1.5.3 kernel clamp
@@ -458,3 +459,60 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         "tile_size": TILE, "width": width, "height": height, "n_batches": 1, "n_cameras": C,
     }
     return out, alpha, depth, meta
+
+
+def label_weight_sums(means2d: Tensor,  # [N, 2]
+                      conics: Tensor,  # [N, 3]
+                      opacities: Tensor,  # [N]
+                      radii: Tensor,  # [N, 2]
+                      depths: Tensor,  # [N]
+                      labels: Tensor,  # [H, W] int64 in [0, num_labels); num_labels = does not vote
+                      num_labels: int,
+                      out: Tensor,  # [N+1, num_labels] float32, accumulated into
+                      ) -> None:
+    """out[i, labels(u)] += w_i(u) = α·T of Gaussian i at pixel u, for one camera (forward only, no autograd).
+
+    The LUDVIG numerator without the gradient route: the same binning, blocks and thresholds as `composite`,
+    so the weights are exactly the ones the render blends with. Row N of `out` collects padding entries and
+    non-voting pixels (discard it); tiles without a voting pixel are skipped. Cost does not grow with
+    num_labels: each block reduces its tile's pixels to per-label sums with one small bmm, then scatters
+    those few cells instead of every pixel.
+    """
+    n = means2d.shape[0]
+    dev, dt = means2d.device, means2d.dtype
+    H, W = labels.shape
+    plan = _bin(means2d, radii, depths, W, H)
+    if plan.ids.shape[0] == 0:
+        return
+    tab, _ = _tables(means2d, conics, opacities, opacities.new_zeros(n, 1))
+    pad = torch.full((plan.th * TILE, plan.tw * TILE), num_labels, dtype=torch.long, device=dev)
+    pad[:H, :W] = labels
+    lab_t = pad.reshape(plan.th, TILE, plan.tw, TILE).permute(0, 2, 1, 3).reshape(-1, TILE * TILE)[plan.tiles]
+    srt, order = lab_t.sort(1)  # [n_t, P]
+    new = torch.ones_like(srt, dtype=torch.bool)
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    rank = new.long().cumsum(1) - 1  # slot of each sorted pixel
+    S = int(rank[:, -1].max()) + 1 if rank.numel() else 1
+    slot = torch.empty_like(rank).scatter_(1, order, rank)  # [n_t, P] slot of each pixel
+    table = torch.full((lab_t.shape[0], S), num_labels, dtype=torch.long, device=dev).scatter_(1, rank, srt)
+    onehot = torch.nn.functional.one_hot(slot, S).to(dt)  # [n_t, P, S]
+    rows = torch.nonzero((lab_t < num_labels).any(1)).squeeze(1)  # only tiles with a voting pixel
+    pix = torch.arange(TILE, device=dev, dtype=dt) + 0.5
+    a_min = _a_min(dt)
+    T_run = torch.ones(plan.ids.shape[0], TILE * TILE, device=dev, dtype=dt)
+    flat_out = out.view(-1)
+    L = plan.ids.shape[1]
+    s = 0
+    while s < L and len(rows):
+        k = max(_KMIN, min(_KMAX, _BLOCK // len(rows)))
+        e = min(s + k, L)
+        ids = plan.ids[rows, s:e]  # [r, k] Gaussian index (n = padding)
+        _, T_in, w = _block(tab, ids, plan.x0[rows], plan.y0[rows], pix, T_run[rows], a_min)  # [r, P, k]
+        hist = torch.bmm(w.transpose(1, 2), onehot[rows])  # [r, k, S] per-label sums over the tile's pixels
+        tb = table[rows][:, None, :]  # [r, 1, S]
+        flat = torch.where(tb < num_labels, ids[:, :, None] * num_labels + tb, n * num_labels)  # [r, k, S]
+        flat_out.index_add_(0, flat.reshape(-1), hist.reshape(-1).to(out.dtype))
+        last = T_in[:, :, -1]
+        T_run[rows] = last.masked_fill(last <= T_STOP, 0.0)
+        s = e
+        rows = rows[(plan.counts[rows] > s) & (T_run[rows] > 0).any(1)]

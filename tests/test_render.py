@@ -161,6 +161,26 @@ def test_tiled_composite_matches_per_pixel_reference(monkeypatch, save):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
+def test_label_weight_sums_equal_per_gaussian_weight_images(monkeypatch):
+    # colours = identity: channel i of the per-pixel reference image is exactly w_i(u) = α·T; summing it over
+    # the pixels of each label must give label_weight_sums (small blocks: carries across blocks exercised)
+    monkeypatch.setattr(rt, "_BLOCK", 24)
+    monkeypatch.setattr(rt, "_KMIN", 3)
+    n, W, H, K = 60, 27, 19, 5
+    g = _random_scene(n, seed=7, opac=(0.5, 0.9999))
+    cams = _cams(W, H, f=25.0)
+    opac = torch.sigmoid(g["opacities"])
+    m2d, con, dep, rad = rt.project(g["means"], g["quats"], g["scales"].exp(), opac, cams.viewmats, cams.Ks, W, H)
+    w_img, _ = rt.composite_reference(m2d[0], con[0], opac, torch.eye(n, dtype=torch.float64), rad[0], dep[0], W, H)
+    labels = torch.randint(0, K + 1, (H, W), generator=torch.Generator().manual_seed(1))  # K = does not vote
+    labels[:6] = 2  # a tile row with a single label
+    expect = torch.stack([(w_img * (labels == k)[..., None]).sum((0, 1)) for k in range(K)], 1)  # [N, K]
+    out = torch.zeros(n + 1, K, dtype=torch.float64)
+    rt.label_weight_sums(m2d[0], con[0], opac, rad[0], dep[0], labels, K, out)
+    assert expect.sum() > 1.0
+    torch.testing.assert_close(out[:n], expect, atol=1e-12, rtol=0)
+
+
 def test_gradcheck_all_parameters():
     g = _random_scene(5, seed=11, spread=0.3, size=(0.08, 0.15))
     cams = _cams(12, 10, f=14.0, n=2, shift=0.05)

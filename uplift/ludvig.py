@@ -293,75 +293,20 @@ def _view_block_sums(render_fn, geom: dict, cam, local: np.ndarray, width: int, 
     return grad  # [N, width]
 
 
-def _direct_available() -> bool:
-    """Whether splat.rasterize_torch exposes the block compositor the direct accumulation replays."""
-    try:
-        from splat import rasterize_torch as rt
-    except ImportError:
-        return False
-    return all(hasattr(rt, a) for a in ("project", "_bin", "_tables", "_block", "_a_min", "TILE", "T_STOP",
-                                        "_BLOCK", "_KMIN", "_KMAX"))
-
-
 def _direct_sums(geom: dict, cam, lab: np.ndarray, n_cols: int, acc: Tensor, *, eps2d: float = 0.3,
                  near_plane: float = 0.01, far_plane: float = 1e10) -> None:
-    """acc[i, lab(u)] += w_i(u) for one view, replaying the torch backend's own tile blocks (forward only).
-
-    lab: [H, W] int64 in [0, n_cols) or n_cols for pixels that do not vote; acc: [N+1, n_cols] float32
-    (row N collects the padding entries' and the non-voting pixels' weight and is discarded, so acc[:N] is
-    a contiguous [N, n_cols] result). The weights are the
-    backend's own w = α·T (same projection, binning, blocks and thresholds), so this equals the gradient
-    route; tests check both against a per-pixel loop. Tiles without a voting pixel are skipped.
-    """
+    """acc[i, lab(u)] += w_i(u) for one view: project as the torch backend does, then let it replay its own
+    tile blocks (`splat.rasterize_torch.label_weight_sums`), so w = α·T with the same thresholds."""
     from splat import rasterize_torch as rt
 
     means = geom["means"]
     dev, dt = means.device, means.dtype
-    n = means.shape[0]
     opac = torch.sigmoid(geom["opacities"])
     W_, H_ = int(cam.width), int(cam.height)
     m2d, con, dep, radii = rt.project(means, geom["quats"], torch.exp(geom["scales"]), opac,
                                       cam.viewmats.to(dev, dt), cam.Ks.to(dev, dt), W_, H_, eps2d=eps2d,
                                       near_plane=near_plane, far_plane=far_plane)
-    plan = rt._bin(m2d[0], radii[0], dep[0], W_, H_)
-    if plan.ids.shape[0] == 0:
-        return
-    tab, _ = rt._tables(m2d[0], con[0], opac, opac.new_zeros(n, 1))
-    T = rt.TILE
-    pad = torch.full((plan.th * T, plan.tw * T), n_cols, dtype=torch.long, device=dev)
-    pad[:H_, :W_] = torch.from_numpy(lab).to(dev)
-    lab_t = pad.reshape(plan.th, T, plan.tw, T).permute(0, 2, 1, 3).reshape(-1, T * T)[plan.tiles]  # [n_t, P]
-    # A tile holds few distinct labels: reduce each entry's P pixel weights to per-label sums with one
-    # small bmm, then scatter r·k·S cells instead of r·k·P (the scatter into N x K is the costly part).
-    srt, order = lab_t.sort(1)  # [n_t, P]
-    new = torch.ones_like(srt, dtype=torch.bool)
-    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
-    rank = new.long().cumsum(1) - 1  # slot of each sorted pixel
-    S = int(rank[:, -1].max()) + 1 if rank.numel() else 1
-    slot = torch.empty_like(rank).scatter_(1, order, rank)  # [n_t, P] slot of each pixel
-    table = torch.full((lab_t.shape[0], S), n_cols, dtype=torch.long, device=dev).scatter_(1, rank, srt)  # [n_t, S]
-    onehot = torch.nn.functional.one_hot(slot, S).to(dt)  # [n_t, P, S]
-    rows = torch.nonzero((lab_t < n_cols).any(1)).squeeze(1)  # only tiles with a voting pixel
-    pix = torch.arange(T, device=dev, dtype=dt) + 0.5
-    a_min = rt._a_min(dt)
-    T_run = torch.ones(plan.ids.shape[0], T * T, device=dev, dtype=dt)
-    flat_acc = acc.view(-1)
-    L = plan.ids.shape[1]
-    s = 0
-    while s < L and len(rows):
-        k = max(rt._KMIN, min(rt._KMAX, rt._BLOCK // len(rows)))
-        e = min(s + k, L)
-        ids = plan.ids[rows, s:e]  # [r, k] Gaussian index (n = padding)
-        Tr = T_run[rows]  # [r, P]
-        _, T_in, w = rt._block(tab, ids, plan.x0[rows], plan.y0[rows], pix, Tr, a_min)  # [r, P, k]
-        hist = torch.bmm(w.transpose(1, 2), onehot[rows])  # [r, k, S] Σ over the tile's pixels of each label
-        tb = table[rows][:, None, :]  # [r, 1, S]
-        flat = torch.where(tb < n_cols, ids[:, :, None] * n_cols + tb, n * n_cols)  # [r, k, S] (row N: discard)
-        flat_acc.index_add_(0, flat.reshape(-1), hist.reshape(-1).to(acc.dtype))
-        last = T_in[:, :, -1]
-        T_run[rows] = last.masked_fill(last <= rt.T_STOP, 0.0)
-        s = e
-        rows = rows[(plan.counts[rows] > s) & (T_run[rows] > 0).any(1)]
+    rt.label_weight_sums(m2d[0], con[0], opac, radii[0], dep[0], torch.from_numpy(lab).to(dev), n_cols, acc)
 
 
 def _use_direct(method: str, backend: str, device: torch.device) -> bool:
@@ -369,10 +314,10 @@ def _use_direct(method: str, backend: str, device: torch.device) -> bool:
         raise InputError(f"unknown uplift method {method!r}; use one of {METHODS}")
     torch_backend = backend == "torch" or (backend == "auto" and device.type != "cuda")
     if method == "direct":
-        if not torch_backend or not _direct_available():
+        if not torch_backend:
             raise InputError("method='direct' needs the torch backend of splat.render; use method='grad' with gsplat")
         return True
-    return method == "auto" and torch_backend and _direct_available()
+    return method == "auto" and torch_backend
 
 
 def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], label_ids: np.ndarray, lo: int, hi: int,
