@@ -22,6 +22,7 @@ __all__ = [
     "atomic_path",
     "atomic_dir",
     "write_json",
+    "read_json_if_present",
     "read_png",
     "write_png",
 ]
@@ -69,6 +70,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_if_present(path: str | os.PathLike) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable: for optional run outputs (a stage that
+    did not run, a report of a half-finished run) where absence is not an error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 from PIL import Image
 
 from .classes import PANLIFT_CLASSES, THING_IDS
-from .io import atomic_path, read_png
+from .io import atomic_path, read_json_if_present, read_png
 from .labels import colorize, gt_panoptic_ids, overlay
 
 __all__ = ["write_report", "error_map"]
@@ -43,13 +42,6 @@ def error_map(pred_sem: np.ndarray, pred_inst: np.ndarray, gt_sem: np.ndarray, g
         ids, n = np.unique(pred_inst[m], return_counts=True)
         out[m & (pred_inst != ids[np.argmax(n)])] = (240, 150, 20)
     return out
-
-
-def _load_json(p: Path):
-    try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _png_bytes(arr: np.ndarray, max_w: int = 296) -> bytes:
@@ -146,7 +138,7 @@ figure{margin:0}figcaption{font-size:11px;color:#555;text-align:center}img{image
 def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 16) -> Path:
     """Write RUN_DIR/report.html and report.md (+ report_assets/); return the HTML path."""
     run = Path(run_dir)
-    metrics = _load_json(run / "metrics.json") or {}
+    metrics = read_json_if_present(run / "metrics.json") or {}
     cfg = {}
     if (run / "config.yaml").is_file():
         cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
@@ -256,7 +248,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
 
     # -- training curve ---------------------------------------------------------------------------
     doc.h("Training")
-    hist = _load_json(run / "splat" / "history.json")
+    hist = read_json_if_present(run / "splat" / "history.json")
     curve = _curve_png(hist if isinstance(hist, list) else [])
     if curve:
         doc.images([("training_curve.png", curve)])

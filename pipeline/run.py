@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, write_config
-from .io import InputError, atomic_dir, write_json
+from .io import InputError, atomic_dir, read_json_if_present, write_json
 from .scene import load_scene
 from .stages import (
     STAGE_ORDER,
@@ -168,20 +168,13 @@ def _report(run_dir: Path, regenerate: bool, console) -> Path | None:
         return None
 
 
-def _read(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def collect_metrics(run_dir: Path) -> dict:
     """RUN_DIR/metrics.json from the stage folders (the layout in CONTRIBUTING.md)."""
     run_dir = Path(run_dir)
     out: dict = {}
     ev = run_dir / "evaluate"
     for key in ("uplift", "segmenter_on_test"):
-        m = _read(ev / f"{key}.json")
+        m = read_json_if_present(ev / f"{key}.json")
         if m is not None:
             out[key] = m
     if (ev / "skipped.txt").is_file():
@@ -189,19 +182,19 @@ def collect_metrics(run_dir: Path) -> dict:
     rts = run_dir / "render_then_segment"
     if (rts / "skipped.txt").is_file():
         out["render_then_segment"] = {"skipped": (rts / "skipped.txt").read_text().strip()}
-    elif _read(rts / "eval.json") is not None:
-        out["render_then_segment"] = _read(rts / "eval.json")
-    seg_info = _read(run_dir / "segment" / "info.json") or {}
+    elif read_json_if_present(rts / "eval.json") is not None:
+        out["render_then_segment"] = read_json_if_present(rts / "eval.json")
+    seg_info = read_json_if_present(run_dir / "segment" / "info.json") or {}
     out["segmenter_kind"] = seg_info.get("kind")
-    splat = _read(run_dir / "splat" / "manifest.json") or {}
+    splat = read_json_if_present(run_dir / "splat" / "manifest.json") or {}
     sinfo = splat.get("info", {})
-    rinfo = (_read(run_dir / "render" / "manifest.json") or {}).get("info", {})
+    rinfo = (read_json_if_present(run_dir / "render" / "manifest.json") or {}).get("info", {})
     # PSNR of the rendered test views against the test images (the render stage's), else the trainer's own
     out["psnr"] = rinfo.get("psnr", sinfo.get("psnr"))
     out["num_gaussians"] = sinfo.get("num_gaussians")
     timings, rss = {}, {}
     for name in STAGE_ORDER:
-        m = _read(run_dir / name / "manifest.json")
+        m = read_json_if_present(run_dir / name / "manifest.json")
         if m is not None:
             timings[name] = m.get("wall_s")
             rss[name] = m.get("peak_rss_mb")
