@@ -64,7 +64,7 @@ def main() -> None:
         from pipeline.synth import generate, make_config
 
         t = time.perf_counter()
-        generate(args.scene, make_config("demo", seed=0))
+        generate(args.scene, make_config("demo"))
         print(f"generated the demo scene in {time.perf_counter() - t:.1f} s -> {args.scene}")
     scene = load_scene(args.scene)
     maps = {s: gt_ids(scene, s) for s in scene.train}

@@ -73,13 +73,13 @@ def run_command(args: list[str], quiet: bool = False):
 # ------------------------------------------------------------------------------------------------
 
 
-def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: int = 0) -> None:
+def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: Optional[int] = None) -> None:
     """Generate a synthetic PanLift-layout scene with simulated segmenter outputs (panoptic_consistent/).
 
     Args:
         out_dir: Folder to write the scene into.
         preset: tiny (for tests, seconds) or demo (the `make demo` scene).
-        seed: Random seed; the same seed gives the same scene.
+        seed: Random seed; the same seed gives the same scene (default: the preset's, tiny 0, demo 5).
     """
     from . import synth as _synth
 
@@ -131,7 +131,7 @@ def demo_command(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] 
     if not (scene_dir / "splits.json").is_file():
         from . import synth as _synth
 
-        _synth.synth_command(scene_dir, preset=preset, seed=0)
+        _synth.synth_command(scene_dir, preset=preset)
     config = CONFIGS_DIR / "demo.yaml"
     cfg = parse_run_args(config, ["--scene.path", str(scene_dir), "--output.dir", str(out)])
     return run_pipeline(cfg, quiet=quiet)
