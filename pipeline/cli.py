@@ -168,17 +168,19 @@ def view(run_dir: Positional[Path], port: int = 8080, host: str = "127.0.0.1", m
     view_command(run_dir, port=port, host=host, max_seconds=max_seconds)
 
 
-def export(run_dir: Positional[Path], out: Optional[Path] = None, topk: int = 0) -> None:
-    """Export labelled PLYs of a run (one PLY of all Gaussians with labels, one per instance) via uplift.export.
+def export(run_dir: Positional[Path], out: Optional[Path] = None, per_instance: bool = False, topk: int = 0) -> None:
+    """Export a run's labelled Gaussians: labelled.ply (standard 3DGS fields + instance_id, class_id,
+    label_confidence) and legend.json (id -> class, colour, count, 3D box), via uplift.export.
 
     Args:
         run_dir: A run directory whose uplift stage finished.
         out: Output folder (default RUN_DIR/export).
+        per_instance: Also write one PLY per instance (instances/instance_<id>.ply).
         topk: Also store each Gaussian's k best instances and weights as extra PLY fields.
     """
     from .run import export_run
 
-    export_run(run_dir, out, topk=topk)
+    export_run(run_dir, out, per_instance=per_instance, topk=topk)
 
 
 def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None, workers: int = 2) -> None:

@@ -261,8 +261,8 @@ def print_summary(outcome: RunOutcome, console) -> None:
         console.print(f"report: {outcome.report}")
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, topk: int = 0) -> Path:
-    """`export RUN_DIR`: labelled PLY of all Gaussians + one PLY per instance + legend.json (uplift.export)."""
+def export_run(run_dir: str | Path, out: str | Path | None = None, per_instance: bool = False, topk: int = 0) -> Path:
+    """`export RUN_DIR`: labelled PLY of all Gaussians + legend.json (+ one PLY per instance) via uplift.export."""
     from splat.ply import load_ply
     from uplift.export import export_labelled
     from uplift.ludvig import UpliftResult
@@ -280,7 +280,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, topk: int = 0
     gaussians, _extra = load_ply(run_dir / "splat" / "gaussians.ply")
     with atomic_dir(out) as tmp:
         legend = export_labelled(tmp / "labelled.ply", gaussians, result, legend_classes(run_dir / "uplift"),
-                                 PANLIFT_CLASSES, per_instance_dir=tmp / "instances", topk=topk)
+                                 PANLIFT_CLASSES, per_instance_dir=tmp / "instances" if per_instance else None,
+                                 topk=topk)
+    also = f", {out / 'instances'}/instance_<id>.ply" if per_instance else ""
     print(f"wrote {out / 'labelled.ply'} ({legend['num_gaussians']:,} Gaussians, "
-          f"{len(legend['instances'])} instances), {out / 'instances'}/instance_<id>.ply and {out / 'legend.json'}")
+          f"{len(legend['instances'])} instances){also} and {out / 'legend.json'}")
     return out

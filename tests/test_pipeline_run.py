@@ -168,3 +168,27 @@ def test_labelled_percent_rounds_down():
     assert _floor_percent(19187 / 19230) == "99.7%"  # 99.776...: never shown as 100% while any are unlabelled
     assert _floor_percent(1.0) == "100.0%"
     assert _floor_percent(0.0) == "0.0%"
+
+
+def test_export_command_round_trips_the_uplift(reference, tmp_path):
+    import numpy as np
+
+    from pipeline.run import export_run
+    from uplift import load_labelled
+    from uplift.ludvig import UpliftResult
+
+    result = UpliftResult.load(reference / "uplift" / "uplift.npz")
+    plain = export_run(reference, tmp_path / "plain")
+    assert not (plain / "instances").exists()
+    out = export_run(reference, tmp_path / "exp", per_instance=True)
+    back = load_labelled(out / "labelled.ply")
+    np.testing.assert_array_equal(back.instance_id, result.label)
+    legend = json.loads((out / "legend.json").read_text())
+    assert sorted(int(k) for k in legend["instances"]) == sorted(result.label_ids.tolist())
+    with_ply = {k: e for k, e in legend["instances"].items() if "ply" in e}
+    assert sorted(int(k) for k in with_ply) == [i for i in sorted(result.label_ids.tolist()) if (result.label == i).any()]
+    for k, entry in with_ply.items():
+        one = load_labelled(out / entry["ply"])  # the legend's path is relative to legend.json
+        assert (one.instance_id == int(k)).all() and len(one.instance_id) == entry["num_gaussians"]
+    with pytest.raises(Exception, match=r"gaussians\.ply: missing; run .* through the uplift stage first"):
+        export_run(tmp_path / "no_run")

@@ -129,7 +129,7 @@ def export_labelled(out_path: str | os.PathLike, gaussians, result: UpliftResult
             idx = torch.from_numpy(np.nonzero(mask)[0])
             sub = {k: (v[idx] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n else v) for k, v in geom.items()}
             save_ply(d / f"instance_{i}.ply", sub, extra=_extra_fields(result, cls, topk, sel=mask))
-            legend["instances"][str(i)]["ply"] = f"instance_{i}.ply"
+            legend["instances"][str(i)]["ply"] = os.path.relpath(d / f"instance_{i}.ply", out_path.parent)
     write_json(out_path.with_name("legend.json"), legend)
     return legend
 
