@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .io import InputError, atomic_path
+from .io import InputError, atomic_path, read_document
 
 __all__ = [
     "SceneSection",
@@ -307,16 +307,7 @@ def config_to_dict(cfg: RunConfig) -> dict:
 def load_config(path: str | Path, preset: str | None = None) -> RunConfig:
     """Read CONFIG.yaml into a RunConfig (unknown keys are one-line errors naming the key and the file)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found; pass a YAML file such as configs/demo.yaml") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; pass a YAML config file such as configs/demo.yaml") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    data = read_document(path, "config file not found; pass a YAML file such as configs/demo.yaml")
     if data is not None and not isinstance(data, dict):
         raise InputError(f"{path}: top level must be a mapping of sections (scene:, segment:, splat:, ...)")
     return config_from_dict(data, str(path), preset)

@@ -23,6 +23,7 @@ __all__ = [
     "atomic_dir",
     "write_json",
     "read_json_if_present",
+    "read_document",
     "read_png",
     "write_png",
 ]
@@ -70,6 +71,28 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_document(path: str | os.PathLike, missing: str) -> Any:
+    """JSON (`.json`) or YAML (any other suffix) parsed from `path`, for user-supplied files: a missing file,
+    a folder, undecodable bytes or a syntax error is one InputError line naming the file. `missing` is what
+    to say (and how to fix it) when the file does not exist."""
+    import yaml
+
+    path = Path(path)
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected a {kind} file")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read it ({e}); check permissions and encoding (UTF-8)") from None
+    try:
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise InputError(f"{path}: invalid {kind} ({' '.join(str(e).split())})") from None
 
 
 def read_json_if_present(path: str | os.PathLike) -> Any:

@@ -26,7 +26,6 @@ prints RQ under "sq" and SQ under "rq". Here ``sq`` is the segmentation quality 
 
 from __future__ import annotations
 
-import json as _json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from .classes import NUM_CLASSES, PANLIFT_CLASSES, STUFF_IDS, THING_IDS
-from .io import InputError, write_json
+from .io import InputError, read_document, write_json
 
 __all__ = [
     "ROBUST_FRACTION",
@@ -408,12 +407,7 @@ def _stem_order(stems: Iterable[str]) -> list[str]:
 
 def _read_test_stems(scene_dir: Path) -> list[str]:
     split_path = scene_dir / "splits.json"
-    if not split_path.is_file():
-        raise InputError(f"{split_path}: splits.json not found; the scene needs {{\"train\": [...], \"test\": [...]}}")
-    try:
-        splits = _json.loads(split_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{split_path}: invalid JSON ({e})") from None
+    splits = read_document(split_path, "splits.json not found; the scene needs {\"train\": [...], \"test\": [...]}")
     if not isinstance(splits, dict) or not isinstance(splits.get("test"), list):
         raise InputError(f"{split_path}: needs a \"test\" list of frame stems")
     return list(dict.fromkeys(str(s) for s in splits["test"]))

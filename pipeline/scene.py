@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import PANLIFT_CLASSES, THING_IDS
-from .io import InputError, read_png
+from .io import InputError, read_document, read_png
 
 __all__ = ["Frame", "Scene", "load_scene", "read_panlift", "read_nerfstudio", "SCENE_FORMATS"]
 
@@ -233,12 +233,7 @@ def read_panlift(root: str | Path) -> Scene:
 
 
 def _read_splits(path: Path, frames: dict[str, Frame]) -> tuple[list[str], list[str]]:
-    if not path.is_file():
-        raise InputError(f"{path}: missing splits.json; write {{\"train\": [stems], \"test\": [stems]}}")
-    try:
-        splits = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON ({e})") from None
+    splits = read_document(path, "missing splits.json; write {\"train\": [stems], \"test\": [stems]}")
     if not isinstance(splits, dict) or "train" not in splits:
         raise InputError(f"{path}: needs a \"train\" list (and usually \"test\")")
     out = []
@@ -286,12 +281,9 @@ def read_nerfstudio(root: str | Path) -> Scene:
     root = Path(root)
     path = root / "transforms.json" if root.is_dir() else root
     root = path.parent
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: transforms.json not found") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: invalid JSON ({e})") from None
+    data = read_document(path, "transforms.json not found; pass a nerfstudio scene folder or its transforms.json")
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: top level must be an object with \"frames\"")
     entries = data.get("frames")
     if not entries:
         raise InputError(f"{path}: no \"frames\" listed")

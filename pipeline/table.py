@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from .io import InputError, atomic_path, write_json
+from .io import InputError, atomic_path, read_document, write_json
 
 __all__ = ["BenchmarkScene", "load_benchmark", "run_scene", "aggregate", "format_markdown", "plot_bars", "table_command"]
 
@@ -34,12 +33,7 @@ class BenchmarkScene:
 def load_benchmark(config: Path, data_root: Path) -> tuple[list[BenchmarkScene], dict, list[str]]:
     """Read the table config; return (scenes found, published rows, one line per missing scene)."""
     config = Path(config)
-    try:
-        spec = yaml.safe_load(config.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{config}: table config not found") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{config}: invalid YAML ({str(e).splitlines()[0]})") from None
+    spec = read_document(config, "table config not found; see configs/panlift.yaml")
     if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), dict):
         raise InputError(f"{config}: needs a 'datasets:' mapping (see configs/panlift.yaml)")
     data_root = Path(data_root)

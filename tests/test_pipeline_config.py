@@ -125,3 +125,34 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("scene: [unclosed\n")
     with pytest.raises(InputError, match="invalid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("missing.json", None, r"missing\.json: splits gone; write one"),
+    ("folder.yaml", "dir", r"folder\.yaml: is a directory; expected a YAML file"),
+    ("latin.yaml", b"a: \xe9\xff\n", r"latin\.yaml: cannot read it .*UTF-8"),
+    ("broken.json", "{\"train\": [1,", r"broken\.json: invalid JSON \(Expecting"),
+    ("broken.yaml", "a: [1,\n  b: {\n", r"broken\.yaml: invalid YAML \("),
+])
+def test_read_document_errors_are_one_line(tmp_path, name, content, needle):
+    from pipeline.io import read_document
+
+    p = tmp_path / name
+    if content == "dir":
+        p.mkdir()
+    elif isinstance(content, bytes):
+        p.write_bytes(content)
+    elif content is not None:
+        p.write_text(content)
+    with pytest.raises(InputError, match=needle) as e:
+        read_document(p, "splits gone; write one")
+    assert "\n" not in str(e.value)
+
+
+def test_read_document_parses_by_suffix(tmp_path):
+    from pipeline.io import read_document
+
+    (tmp_path / "a.json").write_text('{"x": [1, 2]}')
+    (tmp_path / "a.yml").write_text("x: [1, 2]\ny: yes\n")
+    assert read_document(tmp_path / "a.json", "") == {"x": [1, 2]}
+    assert read_document(tmp_path / "a.yml", "") == {"x": [1, 2], "y": True}
