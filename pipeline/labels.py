@@ -11,7 +11,7 @@ import colorsys
 
 import numpy as np
 
-__all__ = ["STUFF_ID_OFFSET", "gt_panoptic_ids", "palette", "colorize", "overlay"]
+__all__ = ["STUFF_ID_OFFSET", "gt_panoptic_ids", "palette", "colorize", "overlay", "resize_nearest"]
 
 # GT stuff pixels have instance 0; give each stuff class its own segment id above any thing id.
 STUFF_ID_OFFSET = 60000
@@ -79,3 +79,12 @@ def overlay(rgb: np.ndarray, id_map: np.ndarray, alpha: float = 0.55) -> np.ndar
     mask = (np.asarray(id_map) > 0)[..., None]
     out = np.where(mask, (1 - alpha) * img.astype(np.float32) + alpha * col, img.astype(np.float32))
     return (out + 0.5).astype(np.uint8)
+
+
+def resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A 2D label map at (H, W) by PIL nearest-neighbour, as int64 (unchanged when already that size)."""
+    if a.shape[:2] == tuple(hw):
+        return a
+    from PIL import Image
+
+    return np.array(Image.fromarray(a.astype(np.int32)).resize((hw[1], hw[0]), Image.NEAREST)).astype(np.int64)

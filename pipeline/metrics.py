@@ -40,6 +40,7 @@ from .classes import NUM_CLASSES, PANLIFT_CLASSES, STUFF_IDS, THING_IDS
 from .io import InputError, read_document, write_json
 
 __all__ = [
+    "format_pct",
     "ROBUST_FRACTION",
     "IMAGE_DIM",
     "ClassPQ",
@@ -534,7 +535,8 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _pct(v: Any) -> str:
+def format_pct(v: Any) -> str:
+    """A score in [0, 1] as the published tables print it (×100, one decimal); '–' when absent or NaN."""
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * float(v):.1f}"
 
 
@@ -550,11 +552,11 @@ def print_report(result: Mapping[str, Any], console=None) -> None:
     for cid, r in sorted(result.get("per_class", {}).items(), key=lambda kv: int(kv[0])):
         cnt = [("–" if r.get(k) is None else str(r[k])) for k in ("tp", "fp", "fn")]
         table.add_row(str(cid), str(r.get("name", "")), "thing" if r.get("thing") else "stuff",
-                      _pct(r.get("pq")), _pct(r.get("sq")), _pct(r.get("rq")), *cnt, _pct(r.get("iou")))
+                      format_pct(r.get("pq")), format_pct(r.get("sq")), format_pct(r.get("rq")), *cnt, format_pct(r.get("iou")))
     console.print(table)
     console.print(
-        f"PQ {_pct(result.get('pq'))}  SQ {_pct(result.get('sq'))}  RQ {_pct(result.get('rq'))}  "
-        f"PQ_th {_pct(result.get('pq_th'))}  PQ_st {_pct(result.get('pq_st'))}  mIoU {_pct(result.get('miou'))}  "
+        f"PQ {format_pct(result.get('pq'))}  SQ {format_pct(result.get('sq'))}  RQ {format_pct(result.get('rq'))}  "
+        f"PQ_th {format_pct(result.get('pq_th'))}  PQ_st {format_pct(result.get('pq_st'))}  mIoU {format_pct(result.get('miou'))}  "
         f"· {result.get('num_frames', '?')} test frames"
         + (f", {result['num_missing_predictions']} without prediction (skipped)"
            if result.get("num_missing_predictions") else "")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,8 @@ from PIL import Image
 
 from .classes import PANLIFT_CLASSES, THING_IDS
 from .io import atomic_path, read_json_if_present, read_png
-from .labels import colorize, gt_panoptic_ids, overlay
+from .labels import colorize, gt_panoptic_ids, overlay, resize_nearest
+from .metrics import format_pct
 
 __all__ = ["write_report", "error_map"]
 
@@ -51,18 +51,6 @@ def _png_bytes(arr: np.ndarray, max_w: int = 296) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _fmt(v, scale=100.0, nd=1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{scale * v:.{nd}f}"
-
-
-def _resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if a.shape[:2] == hw:
-        return a
-    return np.array(Image.fromarray(a.astype(np.int32)).resize((hw[1], hw[0]), Image.NEAREST)).astype(np.int64)
 
 
 def _curve_png(history: list[dict]) -> bytes | None:
@@ -155,7 +143,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     for key, label in _ROWS:
         m = metrics.get(key)
         if isinstance(m, dict) and "pq" in m:
-            rows.append([label] + [_fmt(m.get(k)) for k in _METRIC_KEYS])
+            rows.append([label] + [format_pct(m.get(k)) for k in _METRIC_KEYS])
     if rows:
         doc.table(["predictions", "PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU"], rows)
     else:
@@ -177,7 +165,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
         pc_rows = []
         for cid, r in sorted(per_class.items(), key=lambda kv: int(kv[0])):
             pc_rows.append([f"{cid} {r.get('name', PANLIFT_CLASSES[int(cid)] if int(cid) < len(PANLIFT_CLASSES) else '')}",
-                            "thing" if r.get("thing") else "stuff", _fmt(r.get("pq")), _fmt(r.get("sq")), _fmt(r.get("rq")),
+                            "thing" if r.get("thing") else "stuff", format_pct(r.get("pq")), format_pct(r.get("sq")), format_pct(r.get("rq")),
                             r.get("tp", "–"), r.get("fp", "–"), r.get("fn", "–")])
         doc.table(["class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN"], pc_rows)
 
@@ -214,8 +202,8 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
         pan = np.where(np.isin(sem, list(THING_IDS)), inst, 60000 + sem)
         items = [(f"{s}_rgb.png", _png_bytes(rgb)), (f"{s}_pred.png", _png_bytes(overlay(rgb, pan)))]
         if scene is not None and scene.frames.get(s) is not None and scene.frames[s].semantics is not None:
-            gs = _resize_nearest(scene.load_semantics(s), hw)
-            gi = _resize_nearest(scene.load_instance(s), hw)
+            gs = resize_nearest(scene.load_semantics(s), hw)
+            gi = resize_nearest(scene.load_instance(s), hw)
             gid, _ = gt_panoptic_ids(gs, gi)
             items.append((f"{s}_gt.png", _png_bytes(overlay(rgb, gid))))
             items.append((f"{s}_error.png", _png_bytes(error_map(sem, inst, gs, gi))))

@@ -20,6 +20,7 @@ import torch
 
 from .config import RunConfig, write_config
 from .io import InputError, atomic_dir, read_json_if_present, write_json
+from .metrics import format_pct
 from .scene import load_scene
 from .stages import (
     STAGE_ORDER,
@@ -203,10 +204,6 @@ def collect_metrics(run_dir: Path) -> dict:
     return out
 
 
-def _pct(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
 def print_summary(outcome: RunOutcome, console) -> None:
     """One table: per-stage status and time, then the scores side by side, then the report path."""
     from rich.table import Table
@@ -246,7 +243,7 @@ def print_summary(outcome: RunOutcome, console) -> None:
         for col in ("predictions", "PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU"):
             t.add_column(col, justify="left" if col == "predictions" else "right")
         for name, v in rows:
-            t.add_row(name, *(_pct(v.get(k)) for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou")))
+            t.add_row(name, *(format_pct(v.get(k)) for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou")))
         console.print(t)
     elif m.get("evaluate_skipped"):
         console.print(f"no evaluation: {m['evaluate_skipped']}")

@@ -29,6 +29,7 @@ import numpy as np
 from .classes import PANLIFT_CLASSES, THING_IDS
 from .config import STAGE_SECTIONS, RunConfig, section_hash
 from .io import InputError, atomic_dir, read_png, write_json, write_png
+from .labels import resize_nearest
 from .scene import Scene
 
 __all__ = [
@@ -533,7 +534,7 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
         segs = _panst3r_pass(ctx, net, [f.image for f in frames], raw)
         for f in frames:
             inst = read_png(raw / "instance" / f"{Path(f.image).stem}.png").astype(np.int64)
-            inst = _resize_nearest(np.where(inst > 0, inst + offset, 0), (f.height, f.width))
+            inst = resize_nearest(np.where(inst > 0, inst + offset, 0), (f.height, f.width))
             sem, _ = panlift_prediction(inst, {int(k) + offset: int(v["class_id"]) for k, v in segs.items()})
             write_png(out / "semantics" / f"{f.stem}.png", sem)
             write_png(out / "instance" / f"{f.stem}.png", inst.astype(np.uint16))
@@ -649,8 +650,8 @@ def _uplift_run(ctx: StageContext, out: Path) -> dict:
     for s in stems:
         inst = read_png(seg / "instance" / f"{s}.png").astype(np.int64)
         sem = read_png(seg / "semantics" / f"{s}.png").astype(np.int64)
-        maps.append(_resize_nearest(inst, (H, W)))
-        classes.append(_resize_nearest(sem, (H, W)))
+        maps.append(resize_nearest(inst, (H, W)))
+        classes.append(resize_nearest(sem, (H, W)))
     gaussians = _load_gaussians(ctx)
     result = uplift(gaussians, cams, maps, ignore_label=uc.ignore_label, chunk_channels=uc.chunk, topk=uc.top_k,
                     progress=not ctx.quiet and sys.stderr.isatty())
@@ -669,14 +670,6 @@ def legend_classes(uplift_dir: Path) -> dict[int, int]:
     """uplift/legend.json -> {instance id: class id}."""
     legend = json.loads((Path(uplift_dir) / "legend.json").read_text())
     return {int(k): int(v["class_id"]) for k, v in legend["instances"].items()}
-
-
-def _resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if a.shape == hw:
-        return a
-    from PIL import Image
-
-    return np.array(Image.fromarray(a.astype(np.int32)).resize((hw[1], hw[0]), Image.NEAREST)).astype(np.int64)
 
 
 def _render_inputs(ctx: StageContext) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 from .io import InputError, atomic_path, read_document, write_json
+from .metrics import format_pct
 
 __all__ = ["BenchmarkScene", "load_benchmark", "run_scene", "aggregate", "format_markdown", "plot_bars", "table_command"]
 
@@ -90,26 +91,22 @@ def aggregate(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
 def format_markdown(rows: list[dict], per_dataset: dict, published: dict, datasets: list[str]) -> str:
     lines = ["# PQ^scene on the PanLift benchmark (×100)", "", "| method | " + " | ".join(datasets) + " |",
              "|---|" + "---|" * len(datasets)]
     for method, vals in published.items():
         lines.append(f"| {method} (published) | " + " | ".join(
             "–" if vals.get(d) is None else f"{vals[d]:.1f}" for d in datasets) + " |")
-    lines.append("| **ours: uplift (LUDVIG)** | " + " | ".join(_fmt(per_dataset.get(d, {}).get("pq")) for d in datasets) + " |")
-    lines.append("| ours: segmenter on test views | " + " | ".join(_fmt(per_dataset.get(d, {}).get("segmenter_pq")) for d in datasets) + " |")
+    lines.append("| **ours: uplift (LUDVIG)** | " + " | ".join(format_pct(per_dataset.get(d, {}).get("pq")) for d in datasets) + " |")
+    lines.append("| ours: segmenter on test views | " + " | ".join(format_pct(per_dataset.get(d, {}).get("segmenter_pq")) for d in datasets) + " |")
     lines += ["", "## Per scene", "", "| dataset | scene | PQ | SQ | RQ | mIoU | segmenter PQ | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['dataset']} | {r['scene']} | – | – | – | – | – | failed: {r['error']} |")
         else:
             note = "scene id unconfirmed" if r.get("unconfirmed") else ""
-            lines.append(f"| {r['dataset']} | {r['scene']} | {_fmt(r['pq'])} | {_fmt(r['sq'])} | {_fmt(r['rq'])} | "
-                         f"{_fmt(r['miou'])} | {_fmt(r['segmenter_pq'])} | {note} |")
+            lines.append(f"| {r['dataset']} | {r['scene']} | {format_pct(r['pq'])} | {format_pct(r['sq'])} | {format_pct(r['rq'])} | "
+                         f"{format_pct(r['miou'])} | {format_pct(r['segmenter_pq'])} | {note} |")
     return "\n".join(lines) + "\n"
 
 

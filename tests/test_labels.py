@@ -31,3 +31,13 @@ def test_palette_deterministic_distinct_void_black():
     assert (img[0, 1] == img[1, 0]).all() and (img[0, 0] == 0).all()
     ov = overlay(np.ones((2, 2, 3), np.float32), np.array([[0, 2], [2, 1]]), alpha=0.5)
     assert (ov[0, 0] == 255).all()  # void pixels keep the image
+
+
+def test_resize_nearest_is_pil_nearest_and_keeps_ids():
+    from pipeline.labels import resize_nearest
+
+    a = np.array([[1, 2], [3, 70000]], dtype=np.int64)  # ids above uint16 survive (int32 image)
+    up = resize_nearest(a, (4, 4))
+    np.testing.assert_array_equal(up, np.kron(a, np.ones((2, 2), np.int64)))
+    assert up.dtype == np.int64
+    assert resize_nearest(a, (2, 2)) is a

@@ -557,3 +557,11 @@ def test_errors(tmp_path):
     shutil.rmtree(pred / "pred_surrogateid")
     with pytest.raises(InputError, match="pred_surrogateid: folder not found"):
         evaluate_scene(scene, pred)
+
+
+def test_format_pct():
+    from pipeline.metrics import format_pct
+
+    assert format_pct(0.98254) == "98.3"
+    assert format_pct(1) == "100.0"
+    assert format_pct(None) == "–" and format_pct(float("nan")) == "–"
