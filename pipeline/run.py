@@ -147,11 +147,8 @@ def _restore_threads(n: int):
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
-    try:
-        if json.loads(path.read_text()) == json.loads(json.dumps(obj)):
-            return False
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
+    if read_json_if_present(path) == json.loads(json.dumps(obj)):
+        return False
     write_json(path, obj)
     return True
 
