@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.classes import THING_IDS  # noqa: E402
+from pipeline.common.classes import THING_IDS  # noqa: E402
 from pipeline.metrics import evaluate_scene  # noqa: E402
 
 STUFF = [1, 2, 3, 7, 11, 13]  # wall, floor, cabinet, table, shelves, ceiling

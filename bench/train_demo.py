@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.labels import gt_panoptic_ids, palette
+from pipeline.common.labels import gt_panoptic_ids, palette
 from pipeline.scene import load_scene
 from splat.render import Cameras, render
 from splat.train import PRESETS, train

@@ -6,7 +6,7 @@
 Without --scene, the synthetic `demo` scene is generated into a temporary folder. Without --gaussians,
 N Gaussians are initialised at random around the scene's points3d.ply (realistic count, mixed opacities
 and sizes; a trained model gives more realistic overlap, pass its PLY). Labels are the GT panoptic ids
-of the train views (pipeline.labels.gt_panoptic_ids), or with --labels grid:K blocky random ids 1..K
+of the train views (pipeline.common.labels.gt_panoptic_ids), or with --labels grid:K blocky random ids 1..K
 (16-pixel cells; not multi-view consistent, only for timing/memory with many labels). Target: ratio <= 2.
 Timings on a shared CPU are noisy: wall and process CPU seconds are both printed (CPU time is less
 sensitive to other processes), best of --repeat runs.
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.labels import gt_panoptic_ids  # noqa: E402
+from pipeline.common.labels import gt_panoptic_ids  # noqa: E402
 from pipeline.scene import load_scene  # noqa: E402
 
 

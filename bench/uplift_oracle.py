@@ -4,7 +4,7 @@
 
 1. Gaussians: trained with splat.train (CPU preset; saved to WORK/gaussians.ply and reused next time), or
    the PLY given with --gaussians.
-2. GT oracle: uplift the GT train-view panoptic ids (pipeline.labels.gt_panoptic_ids), render at the test
+2. GT oracle: uplift the GT train-view panoptic ids (pipeline.common.labels.gt_panoptic_ids), render at the test
    poses, score with pipeline.metrics.evaluate_scene (target PQ >= 0.85).
 3. SIMULATED consistent segmenter (panoptic_consistent/, default noise): uplift its train-view ids, render,
    score; compare with its own per-view predictions on the test frames scored directly. Uplifting should
@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.io import read_png  # noqa: E402
-from pipeline.labels import gt_panoptic_ids  # noqa: E402
+from pipeline.common.io import read_png  # noqa: E402
+from pipeline.common.labels import gt_panoptic_ids  # noqa: E402
 from pipeline.metrics import evaluate_scene  # noqa: E402
 from pipeline.scene import load_scene  # noqa: E402
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor
 
-from pipeline.io import InputError, atomic_path
+from pipeline.common.io import InputError, atomic_path
 
 from .model import PanSt3R, PanSt3RConfig, full_config, tiny_config
 from .model.config import replace as _replace_config

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 import torch
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 
 __all__ = ["SegmentArgs", "segment_command", "list_images", "read_vocabulary", "load_text_embeddings",
            "class_vocabulary", "Vocabulary"]
@@ -28,7 +28,7 @@ class SegmentArgs:
     out: Path
     """Output folder (instance/, semantics/, confidence/, preview/, segments.json, cameras.json, ...)."""
     classes: str = "panlift"
-    """Vocabulary: "panlift" (the 21 PanLift classes, ids as in pipeline.classes), a text file (one name a line;
+    """Vocabulary: "panlift" (the 21 PanLift classes, ids as in pipeline.common.classes), a text file (one name a line;
     ids = index + 1), or a .pt file of names + embeddings written by panst3r.text.save_embeddings."""
     text_embeddings: Optional[Path] = None
     """Class text embeddings: an .npy/.npz/.pt file [C, 768] in vocabulary order, or a local SigLIP
@@ -66,7 +66,7 @@ def list_images(folder: Path) -> list[Path]:
 def read_vocabulary(classes: str) -> list[str]:
     """"panlift" -> the PanLift names without void (so class id = index + 1 = PanLift id); else a text file."""
     if classes == "panlift":
-        from pipeline.classes import PANLIFT_CLASSES
+        from pipeline.common.classes import PANLIFT_CLASSES
 
         return list(PANLIFT_CLASSES[1:])
     path = Path(classes)

@@ -6,7 +6,7 @@ cameras — and writes one folder atomically:
 
     instance/<stem>.png      uint16 segment ids, 0 = void, shared by all views
     semantics/<stem>.png     uint8 class ids (0 = void): `class_ids[vocabulary index]`, by default index + 1,
-                             which for the "panlift" vocabulary are the PanLift ids of pipeline.classes
+                             which for the "panlift" vocabulary are the PanLift ids of pipeline.common.classes
     confidence/<stem>.npy    float16 [H, W] merge confidence at network resolution
     preview/<stem>.jpg       instance colours blended over the network-resolution image
     segments.json            {id: {class_id, class_name, score, area, query_id}}  (the run-dir contract)
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.io import InputError, atomic_dir, write_json, write_png
-from pipeline.labels import overlay
+from pipeline.common.io import InputError, atomic_dir, write_json, write_png
+from pipeline.common.labels import overlay
 
 from .cameras import recover_cameras
 from .keyframes import image_descriptors, select_keyframes

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import InputError, atomic_path
+from pipeline.common.io import InputError, atomic_path
 
 __all__ = ["DEFAULT_TEXT_MODEL", "TEMPLATE", "encode_classes", "load_embeddings", "save_embeddings",
            "panlift_vocabulary", "map_to_panlift", "default_cache_dir"]

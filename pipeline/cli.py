@@ -20,7 +20,7 @@ from typing import Literal, Optional
 import tyro
 from tyro.conf import Positional
 
-from .io import InputError
+from .common.io import InputError
 
 __all__ = ["main", "run_command", "demo_command"]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .io import InputError, atomic_path, read_document
+from .common.io import InputError, atomic_path, read_document
 
 __all__ = [
     "SceneSection",

@@ -36,8 +36,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
-from .classes import NUM_CLASSES, PANLIFT_CLASSES, STUFF_IDS, THING_IDS
-from .io import InputError, read_document, write_json
+from .common.classes import NUM_CLASSES, PANLIFT_CLASSES, STUFF_IDS, THING_IDS
+from .common.io import InputError, read_document, write_json
 
 __all__ = [
     "format_pct",

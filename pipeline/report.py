@@ -16,9 +16,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from .classes import PANLIFT_CLASSES, THING_IDS
-from .io import atomic_path, read_json_if_present, read_png
-from .labels import colorize, gt_panoptic_ids, overlay, resize_nearest
+from .common.classes import PANLIFT_CLASSES, THING_IDS
+from .common.io import atomic_path, read_json_if_present, read_png
+from .common.labels import colorize, gt_panoptic_ids, overlay, resize_nearest
 from .metrics import format_pct
 
 __all__ = ["write_report", "error_map"]

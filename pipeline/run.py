@@ -19,18 +19,14 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig, write_config
-from .io import InputError, atomic_dir, read_json_if_present, write_json
+from .common.io import InputError, atomic_dir, read_json_if_present, write_json
 from .metrics import format_pct
 from .scene import load_scene
+from .cache import HashCache, StageContext, StageResult, cleanup_stale, run_stage
 from .stages import (
     STAGE_ORDER,
     STAGES,
-    HashCache,
-    StageContext,
-    StageResult,
-    cleanup_stale,
     resolve_device,
-    run_stage,
     segmenter_can_segment_images,
     validate_segment_inputs,
 )
@@ -261,7 +257,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, per_instance:
     from uplift.export import export_labelled
     from uplift.ludvig import UpliftResult
 
-    from .classes import PANLIFT_CLASSES
+    from .common.classes import PANLIFT_CLASSES
     from .stages import legend_classes
 
     run_dir = Path(run_dir)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
-from .classes import PANLIFT_CLASSES, THING_IDS
-from .io import InputError, read_document, read_png
+from .common.classes import PANLIFT_CLASSES, THING_IDS
+from .common.io import InputError, read_document, read_png
 
 __all__ = ["Frame", "Scene", "load_scene", "read_panlift", "read_nerfstudio", "SCENE_FORMATS"]
 

@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .classes import PANLIFT_CLASSES, is_thing
-from .io import InputError, atomic_dir
+from .common.classes import PANLIFT_CLASSES, is_thing
+from .common.io import InputError, atomic_dir
 
 __all__ = [
     "SynthConfig",

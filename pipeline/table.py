@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from .io import InputError, atomic_path, read_document, write_json
+from .common.io import InputError, atomic_path, read_document, write_json
 from .metrics import format_pct
 
 __all__ = ["BenchmarkScene", "load_benchmark", "run_scene", "aggregate", "format_markdown", "plot_bars", "table_command"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import PANLIFT_CLASSES
-from .io import InputError
-from .labels import palette
+from .common.classes import PANLIFT_CLASSES
+from .common.io import InputError
+from .common.labels import palette
 
 __all__ = ["SplatData", "load_splats", "colors_for", "visible_mask", "covariances", "view_command", "COLOR_MODES"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 
 __all__ = [
     "SH_C0",

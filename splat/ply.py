@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import InputError, atomic_path
+from pipeline.common.io import InputError, atomic_path
 
 __all__ = ["save_ply", "load_ply", "standard_field_names", "PLY_BASE_FIELDS"]
 

@@ -1,7 +1,7 @@
 """3DGS training with PanSt3R's panoptic-colour regulariser (PanSt3R §3.3).
 
 A second set of per-Gaussian colours (`pan`) is rendered with the same geometry as the RGB and supervised by
-instance-colour maps (each consistent instance id painted with its `pipeline.labels.palette` colour):
+instance-colour maps (each consistent instance id painted with its `pipeline.common.labels.palette` colour):
 
     L = L_rgb + λ·L_pan,   L_rgb = (1 − λ_ssim)·L1 + λ_ssim·(1 − SSIM),   L_pan = L1 on non-void pixels
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import InputError, atomic_path, write_json
+from pipeline.common.io import InputError, atomic_path, write_json
 
 from .gaussians import PARAM_NAMES, SH_C0, init_gaussians, points_for_scene
 from .render import Cameras, render
@@ -201,7 +201,7 @@ def _load_rgb(scene, stems: Sequence[str], cams: Cameras) -> Tensor:
 
 def _instance_targets(maps: Mapping[str, np.ndarray], stems: Sequence[str], w: int, h: int) -> tuple[Tensor, Tensor]:
     """Instance maps -> palette colours [V, H, W, 3] and non-void mask [V, H, W, 1] at the training size."""
-    from pipeline.labels import palette
+    from pipeline.common.labels import palette
 
     missing = [s for s in stems if s not in maps]
     if missing:

@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.io import InputError, write_json
-from pipeline.labels import palette
+from pipeline.common.io import InputError, write_json
+from pipeline.common.labels import palette
 
 from .ludvig import UpliftResult, gaussian_geometry
 
@@ -72,7 +72,7 @@ def _class_array(result: UpliftResult, id_to_class: Mapping) -> np.ndarray:
 
 
 def legend_for(means: np.ndarray, result: UpliftResult, id_to_class: Mapping, class_names: Sequence[str]) -> dict:
-    """id -> class id / name, colour (pipeline.labels.palette), number of Gaussians, robust 3D box."""
+    """id -> class id / name, colour (pipeline.common.labels.palette), number of Gaussians, robust 3D box."""
     cls = _class_array(result, id_to_class)
     m = {int(k): int(v.get("class_id") if isinstance(v, Mapping) else v) for k, v in id_to_class.items()}
     instances = {}

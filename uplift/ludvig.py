@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import InputError, atomic_path
+from pipeline.common.io import InputError, atomic_path
 
 __all__ = ["UpliftResult", "uplift", "relabel", "dense_map", "instance_classes", "gaussian_geometry", "METHODS"]
 

@@ -22,9 +22,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.classes import THING_IDS
-from pipeline.io import InputError, atomic_path, write_png
-from pipeline.labels import overlay
+from pipeline.common.classes import THING_IDS
+from pipeline.common.io import InputError, atomic_path, write_png
+from pipeline.common.labels import overlay
 
 from .ludvig import UpliftResult, gaussian_geometry
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-GOLDEN = Path(os.environ.get("PANST3R_GOLDEN", Path(__file__).resolve().parents[2] / "shared/golden/panst3r"))
+GOLDEN = Path(os.environ.get("PANST3R_GOLDEN", Path(__file__).resolve().parents[3] / "shared/golden/panst3r"))
 pytestmark = pytest.mark.skipif(not (GOLDEN / "common.npz").is_file(),
                                 reason=f"PanSt3R golden vectors not found at {GOLDEN} (set PANST3R_GOLDEN)")
 

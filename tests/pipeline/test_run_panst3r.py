@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).absolute().parent.parent
+REPO = Path(__file__).absolute().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
 HEADLINE = ("pq", "sq", "rq", "pq_th", "pq_st", "miou")
 
@@ -73,8 +73,8 @@ def _scene(files):
 
 
 def test_segment_stage_maps(files, run):
-    from pipeline.classes import PANLIFT_CLASSES, THING_IDS
-    from pipeline.io import read_png
+    from pipeline.common.classes import PANLIFT_CLASSES, THING_IDS
+    from pipeline.common.io import read_png
 
     run_dir, _ = run
     scene = _scene(files)
@@ -112,7 +112,7 @@ def test_segment_stage_matches_a_direct_pass(files, run):
     """The stage's train maps are exactly PanSt3R's own output for the train images (same model, settings)."""
     from panst3r.cli import class_vocabulary
     from panst3r.segment import segment_images
-    from pipeline.io import read_png
+    from pipeline.common.io import read_png
 
     torch.set_num_threads(1)
     run_dir, _ = run
@@ -128,8 +128,8 @@ def test_segment_stage_matches_a_direct_pass(files, run):
 
 
 def test_metrics_and_render_then_segment(files, run):
-    from pipeline.classes import THING_IDS
-    from pipeline.io import read_png
+    from pipeline.common.classes import THING_IDS
+    from pipeline.common.io import read_png
     from pipeline.metrics import evaluate_scene, json_safe
 
     run_dir, p = run

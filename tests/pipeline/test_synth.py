@@ -13,8 +13,8 @@ from PIL import Image
 from plyfile import PlyData
 from scipy import ndimage
 
-from pipeline.classes import PANLIFT_CLASSES, THING_IDS
-from pipeline.io import InputError, read_png
+from pipeline.common.classes import PANLIFT_CLASSES, THING_IDS
+from pipeline.common.io import InputError, read_png
 from pipeline.synth import (PRESETS, SIMULATED_CONSISTENT_DIR, build_world, camera_path, generate, intrinsics,
                             make_config, render_view, synth_command)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 from splat.render import Cameras
 from uplift import UpliftResult, export_labelled, instance_classes, load_labelled, relabel, render_panoptic, uplift, write_predictions
 
@@ -329,7 +329,7 @@ def test_write_predictions_layout(tmp_path):
     inst = np.array([[[300, 60002], [0, 70000]]])
     sem = np.array([[[5, 2], [0, 3]]])
     write_predictions(tmp_path, ["7"], inst, sem, rgb=np.full((1, 2, 2, 3), 0.5))
-    from pipeline.io import read_png
+    from pipeline.common.io import read_png
 
     ps = read_png(tmp_path / "pred_semantics" / "7.png")
     pi = read_png(tmp_path / "pred_surrogateid" / "7.png")

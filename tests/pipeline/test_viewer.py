@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 from pipeline.viewer import colors_for, covariances, load_splats, view_command, visible_mask
 
 

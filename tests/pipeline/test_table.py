@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 from pipeline.table import aggregate, format_markdown, load_benchmark, plot_bars
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_load_benchmark_finds_and_skips(tmp_path):

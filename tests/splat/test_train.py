@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.io import InputError
-from pipeline.labels import gt_panoptic_ids
+from pipeline.common.io import InputError
+from pipeline.common.labels import gt_panoptic_ids
 from splat.gaussians import PARAM_NAMES, init_gaussians, knn_scales, points_for_scene, read_points_ply
 from splat.ply import load_ply, save_ply, standard_field_names
 from splat.train import (PRESETS, TrainConfig, _cap_gaussians, _instance_targets, _make_optimizers,

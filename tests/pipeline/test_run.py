@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).absolute().parent.parent
+REPO = Path(__file__).absolute().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
 STAGES = ("segment", "splat", "uplift", "render", "evaluate", "render_then_segment")
 FAST = ["--splat.preset", "tiny"]

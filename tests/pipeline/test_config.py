@@ -16,7 +16,7 @@ from pipeline.config import (
     section_hash,
     write_config,
 )
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 from splat.train import PRESETS, TrainConfig
 
 
@@ -135,7 +135,7 @@ def test_missing_and_invalid_files(tmp_path):
     ("broken.yaml", "a: [1,\n  b: {\n", r"broken\.yaml: invalid YAML \("),
 ])
 def test_read_document_errors_are_one_line(tmp_path, name, content, needle):
-    from pipeline.io import read_document
+    from pipeline.common.io import read_document
 
     p = tmp_path / name
     if content == "dir":
@@ -150,7 +150,7 @@ def test_read_document_errors_are_one_line(tmp_path, name, content, needle):
 
 
 def test_read_document_parses_by_suffix(tmp_path):
-    from pipeline.io import read_document
+    from pipeline.common.io import read_document
 
     (tmp_path / "a.json").write_text('{"x": [1, 2]}')
     (tmp_path / "a.yml").write_text("x: [1, 2]\ny: yes\n")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 from pipeline.metrics import (
     confusion_matrix,
     eval_command,
@@ -336,7 +336,7 @@ def random_scene(rng, m):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_matches_plain_loop_reference(seed):
-    from pipeline.classes import STUFF_IDS, THING_IDS
+    from pipeline.common.classes import STUFF_IDS, THING_IDS
 
     rng = np.random.default_rng(seed)
     P, G = random_scene(rng, int(rng.integers(50, 3000)))
@@ -357,7 +357,7 @@ def test_matches_plain_loop_reference(seed):
 
 def test_many_segments_match_reference():
     # every predicted pixel its own chair id: millions of (pred, GT) segment pairs -> the sorting path
-    from pipeline.classes import STUFF_IDS, THING_IDS
+    from pipeline.common.classes import STUFF_IDS, THING_IDS
 
     rng = np.random.default_rng(11)
     m = 3000

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).absolute().parent.parent
+REPO = Path(__file__).absolute().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
 
 

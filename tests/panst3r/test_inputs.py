@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from panst3r import text as T
 from panst3r.preprocess import ALLOWED_SIZES_512, load_images, preprocess, target_size, to_original_orientation
-from pipeline.classes import PANLIFT_CLASSES
-from pipeline.io import InputError
+from pipeline.common.classes import PANLIFT_CLASSES
+from pipeline.common.io import InputError
 
 
 def _rgb(h, w, seed=0):

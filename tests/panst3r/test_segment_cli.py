@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.io import InputError, read_png
+from pipeline.common.io import InputError, read_png
 from panst3r.cli import SegmentArgs, list_images, load_text_embeddings, read_vocabulary, segment_command
 
 
-REPO = Path(__file__).absolute().parent.parent
+REPO = Path(__file__).absolute().parents[2]
 
 
 def _tiny_model(variant: str):
@@ -31,7 +31,7 @@ def _tiny_model(variant: str):
 def _offline_siglip(monkeypatch, tmp_path):
     """As on a machine without SigLIP in the HF cache: empty embedding cache, text model unavailable."""
     import panst3r.text as text
-    from pipeline.io import InputError as IE
+    from pipeline.common.io import InputError as IE
 
     def unavailable(model, device):
         raise IE(f"{model}: SigLIP tokenizer not available offline (no cached files)")
@@ -185,7 +185,7 @@ def test_segment_command_end_to_end(tmp_path):
     assert meta["variant"] == "v2" and meta["network_hw"] == [48, 64] and meta["class_ids"] == list(range(1, 22))
     assert meta["keyframes"] == ["view0", "view1", "view2"] and (out / "pointmaps.npz").is_file()
     segs = json.loads((out / "segments.json").read_text())
-    from pipeline.classes import PANLIFT_CLASSES
+    from pipeline.common.classes import PANLIFT_CLASSES
 
     for v in segs.values():  # --classes panlift: class ids are PanLift ids
         assert PANLIFT_CLASSES[v["class_id"]] == v["class_name"]

@@ -14,7 +14,7 @@ from panst3r import build_model, load
 from panst3r.checkpoint import (CheckpointArgs, config_from_state_dict, constructor_strings, parse_constructor,
                                 read_checkpoint, save)
 from panst3r.model import full_config, tiny_config
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 
 
 def _one_line(e: pytest.ExceptionInfo, *needles: str) -> str:

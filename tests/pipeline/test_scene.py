@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io import InputError
+from pipeline.common.io import InputError
 from pipeline.scene import load_scene
 
 

@@ -14,7 +14,7 @@ import torch
 from panst3r import qubo
 from panst3r.postprocess import panoptic_qubo, panoptic_standard, upsample_probs
 
-GOLDEN = Path(os.environ.get("PANST3R_GOLDEN", Path(__file__).resolve().parents[2] / "shared/golden/panst3r"))
+GOLDEN = Path(os.environ.get("PANST3R_GOLDEN", Path(__file__).resolve().parents[3] / "shared/golden/panst3r"))
 needs_golden = pytest.mark.skipif(not (GOLDEN / "panst3r_v2_kf012.npz").is_file(),
                                   reason=f"PanSt3R golden vectors not found at {GOLDEN} (set PANST3R_GOLDEN)")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.labels import STUFF_ID_OFFSET, colorize, gt_panoptic_ids, overlay, palette
+from pipeline.common.labels import STUFF_ID_OFFSET, colorize, gt_panoptic_ids, overlay, palette
 
 
 def test_gt_panoptic_ids_things_stuff_void():
@@ -34,7 +34,7 @@ def test_palette_deterministic_distinct_void_black():
 
 
 def test_resize_nearest_is_pil_nearest_and_keeps_ids():
-    from pipeline.labels import resize_nearest
+    from pipeline.common.labels import resize_nearest
 
     a = np.array([[1, 2], [3, 70000]], dtype=np.int64)  # ids above uint16 survive (int32 image)
     up = resize_nearest(a, (4, 4))

@@ -1,0 +1,98 @@
+"""evaluate (scene PQ of the renders and of the segmenter on the test views) and render-then-segment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import StageContext, scene_gt_digest, upstream
+from ..common.classes import THING_IDS
+from ..common.io import read_png, write_json, write_png
+from ..config import RunConfig
+from .segment import load_panst3r, panst3r_inputs, panst3r_pass
+from .shared import headline, panlift_prediction, scene_has_test_gt, segmenter_can_segment_images
+
+__all__ = ["evaluate_inputs", "evaluate_run", "rts_inputs", "rts_run", "rts_skip_reason"]
+
+
+def evaluate_inputs(ctx: StageContext) -> dict[str, str]:
+    return {"render": upstream(ctx, "render", ("pred_semantics", "pred_surrogateid")),
+            "segment": upstream(ctx, "segment"),
+            "scene_gt": scene_gt_digest(ctx.scene, ctx.hashes)}
+
+
+def evaluate_run(ctx: StageContext, out: Path) -> dict:
+    from ..metrics import evaluate_scene, json_safe
+
+    if not ctx.cfg.evaluate.enabled:
+        (out / "skipped.txt").write_text("evaluation off (evaluate.enabled = false)\n")
+        return {"skipped": "evaluation off (evaluate.enabled = false)"}
+    if not scene_has_test_gt(ctx.scene) or ctx.scene.format != "panlift":
+        why = "the scene has no GT labels for its test frames (needs rs_semantics/ + rs_instance/ in the PanLift layout)"
+        (out / "skipped.txt").write_text(why + "\n")
+        return {"skipped": why}
+    info: dict = {}
+    uplift = json_safe(evaluate_scene(ctx.scene.root, ctx.stage_dir("render")))
+    write_json(out / "uplift.json", uplift)
+    info["uplift"] = headline(uplift)
+    seg = ctx.stage_dir("segment")
+    seg_info = json.loads((seg / "info.json").read_text())
+    if seg_info.get("test") and set(ctx.scene.test) <= set(seg_info["test"]):
+        # the segmenter's own per-pixel classes, its ids on thing pixels: what it predicts without any 3D
+        pred = out / "segmenter_on_test"
+        for s in ctx.scene.test:
+            sem = read_png(seg / "semantics" / f"{s}.png").astype(np.uint8)
+            inst = read_png(seg / "instance" / f"{s}.png").astype(np.uint16)
+            write_png(pred / "pred_semantics" / f"{s}.png", sem)
+            write_png(pred / "pred_surrogateid" / f"{s}.png", np.where(np.isin(sem, list(THING_IDS)), inst, 0).astype(np.uint16))
+        direct = json_safe(evaluate_scene(ctx.scene.root, pred))
+        direct["segmenter_kind"] = seg_info.get("kind")
+        write_json(out / "segmenter_on_test.json", direct)
+        info["segmenter_on_test"] = headline(direct)
+    return info
+
+
+def rts_skip_reason(cfg: RunConfig) -> str | None:
+    """Why render-then-segment does not run for this config, or None when it does."""
+    if cfg.render_then_segment == "off":
+        return "render_then_segment is off"
+    if not segmenter_can_segment_images(cfg.segment.kind):
+        return (f"the {cfg.segment.kind} segmenter cannot segment rendered images "
+                "(render-then-segment needs segment.kind panst3r)")
+    return None
+
+
+def rts_inputs(ctx: StageContext) -> dict[str, str]:
+    if rts_skip_reason(ctx.cfg) is not None:
+        return {}
+    return {"render": upstream(ctx, "render", ("rgb",)), "scene_gt": scene_gt_digest(ctx.scene, ctx.hashes),
+            **panst3r_inputs(ctx)}
+
+
+def rts_run(ctx: StageContext, out: Path) -> dict:
+    """PanSt3R on the RGB renders of the test views, all in one multi-view pass, scored like the uplift."""
+    why = rts_skip_reason(ctx.cfg)
+    rgb = ctx.stage_dir("render") / "rgb"
+    stems = [s for s in ctx.scene.test if (rgb / f"{s}.png").is_file()]
+    if why is None and not stems:
+        why = f"no rendered test views in {rgb} (render.poses is {ctx.cfg.render.poses}; use test or all)"
+    if why is not None:
+        (out / "skipped.txt").write_text(why + "\n")
+        return {"skipped": why}
+    from ..metrics import evaluate_scene, json_safe
+
+    net = load_panst3r(ctx)
+    segs = panst3r_pass(ctx, net, [rgb / f"{s}.png" for s in stems], out / "panst3r")
+    id_to_class = {int(k): int(v["class_id"]) for k, v in segs.items()}
+    for s in stems:
+        sem, sur = panlift_prediction(read_png(out / "panst3r" / "instance" / f"{s}.png"), id_to_class)
+        write_png(out / "pred_semantics" / f"{s}.png", sem)
+        write_png(out / "pred_surrogateid" / f"{s}.png", sur)
+    info: dict = {"num_views": len(stems), "num_segments": len(segs), "network_size": net.size}
+    if ctx.cfg.evaluate.enabled and scene_has_test_gt(ctx.scene) and ctx.scene.format == "panlift":
+        m = json_safe(evaluate_scene(ctx.scene.root, out))
+        write_json(out / "eval.json", m)
+        info.update(headline(m))
+    return info
