@@ -135,7 +135,6 @@ class StageContext:
     run_dir: Path
     device: str
     hashes: HashCache
-    console: object = None  # rich Console
     quiet: bool = False
 
     def stage_dir(self, name: str) -> Path:

@@ -98,7 +98,7 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     scene, device = _validate(cfg, from_stage)
     run_dir = Path(cfg.output.dir)
     ctx = StageContext(cfg=cfg, scene=scene, run_dir=run_dir, device=device,
-                       hashes=HashCache(run_dir / ".cache" / "hashes.json"), console=console, quiet=quiet)
+                       hashes=HashCache(run_dir / ".cache" / "hashes.json"), quiet=quiet)
     validate_segment_inputs(ctx)
     results: list[StageResult] = []
     with torch_threads(cfg.threads), _run_lock(run_dir):
