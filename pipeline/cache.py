@@ -215,7 +215,7 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> StageResu
         return StageResult(stage.name, "cached", old, 0.0)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, f"stage {stage.name}") as tmp:
         info = stage.run(ctx, tmp) or {}
         wall = time.perf_counter() - t0
         outputs = _outputs_of(tmp)

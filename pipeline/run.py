@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, write_config
-from .common.io import InputError, atomic_dir, read_json_if_present, write_json
+from .common.io import InputError, atomic_dir, claim_dir, read_json_if_present, write_json
 from .common.threads import torch_threads
 from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 from .scene import load_scene
@@ -100,6 +100,7 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     ctx = StageContext(cfg=cfg, scene=scene, run_dir=run_dir, device=device,
                        hashes=HashCache(run_dir / ".cache" / "hashes.json"), quiet=quiet)
     validate_segment_inputs(ctx)
+    claim_dir(run_dir, "run")  # after validation (nothing written on bad input); never someone else's folder
     results: list[StageResult] = []
     with torch_threads(cfg.threads), _run_lock(run_dir):
         for p in cleanup_stale(run_dir):
@@ -256,7 +257,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, per_instance:
     out = Path(out) if out is not None else run_dir / "export"
     result = UpliftResult.load(run_dir / "uplift" / "uplift.npz")
     gaussians, _extra = load_ply(run_dir / "splat" / "gaussians.ply")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "export") as tmp:
         legend = export_labelled(tmp / "labelled.ply", gaussians, result, legend_classes(run_dir / "uplift"),
                                  PANLIFT_CLASSES, per_instance_dir=tmp / "instances" if per_instance else None,
                                  topk=topk)

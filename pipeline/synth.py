@@ -789,7 +789,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
     m2f_counter = 1
     events_all: dict[str, dict[str, list]] = {}
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "synthetic scene") as tmp:
         for sub in ("color", "pose", "intrinsic", "rs_semantics", "rs_instance", "depth", "m2f_semantics",
                     "m2f_instance", f"{SIMULATED_CONSISTENT_DIR}/semantics", f"{SIMULATED_CONSISTENT_DIR}/instance"):
             (tmp / sub).mkdir(parents=True)
