@@ -30,7 +30,7 @@ from .model import PanSt3R, PanSt3RConfig, full_config, tiny_config
 from .model.config import replace as _replace_config
 
 __all__ = ["load", "save", "build_model", "pseudo_random_state_dict", "recipe_tensor", "config_from_state_dict",
-           "constructor_strings", "parse_constructor", "CheckpointArgs", "read_checkpoint", "PREFIXES"]
+           "constructor_strings", "parse_constructor", "CheckpointArgs", "read_checkpoint", "check_checkpoint_file", "PREFIXES"]
 
 PREFIXES = ("must3r_encoder.", "must3r_decoder.", "dino_encoder.", "panoptic_decoder.")
 
@@ -137,6 +137,23 @@ def _restricted_load(f, **kw):
 _restricted_pickle = types.ModuleType("panst3r_restricted_pickle")
 _restricted_pickle.Unpickler = _RestrictedUnpickler
 _restricted_pickle.load = _restricted_load
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """A first look at a user's checkpoint path that reads 4 bytes, nothing unpickled: for validating a run
+    before any other work, so a wrong file is named first (the full check is `load`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass the checkpoint file itself (panst3r_v1_512_5ds.pth or "
+                         "panst3r_v2_512_5ds.pth)")
+    if not path.is_file():
+        raise InputError(f"{path}: PanSt3R checkpoint not found; pass the path of panst3r_v1_512_5ds.pth or "
+                         "panst3r_v2_512_5ds.pth")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip format, or the legacy pickle format
+        raise InputError(f"{path}: not a PyTorch checkpoint (it starts with {head!r}); pass a PanSt3R .pth file")
+    return path
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

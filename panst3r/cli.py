@@ -142,25 +142,28 @@ def class_vocabulary(classes: str = "panlift", text_embeddings: Optional[Path] =
         try:
             emb = text.encode_classes(prompts, device=device).float().cpu()
         except InputError as e:
-            raise InputError(f"PanSt3R checkpoints do not store class text embeddings and SigLIP could not give them "
-                             f"offline ({e}); pass {how}") from None
+            raise InputError(f"no class text embeddings: PanSt3R checkpoints do not store them and no SigLIP text "
+                             f"model is available offline (nothing is downloaded); pass {how}") from None
     return Vocabulary(names, list(prompts), [int(i) for i in ids], emb)
 
 
 def segment_command(args: SegmentArgs) -> None:
     """Validate the inputs, load the checkpoint, segment the folder, print where the results are."""
+    from pipeline.common.io import check_output_dir
+
+    from .checkpoint import check_checkpoint_file
+
     images = list_images(args.images)
-    if not Path(args.checkpoint).is_file():
-        raise InputError(f"{args.checkpoint}: PanSt3R checkpoint not found; pass --checkpoint PATH to a "
-                         "v1/v2 .pth file")
-    vocab = class_vocabulary(args.classes, args.text_embeddings, args.device,
-                             how="--text-embeddings FILE (.npy/.pt [C, 768]) or a local SigLIP directory")
+    check_output_dir(args.out, "panst3r segmentation")  # before the work: a user's folder is never replaced
+    check_checkpoint_file(args.checkpoint)
 
     import panst3r
 
     from .segment import checkpoint_image_size, segment_images
 
-    model = panst3r.load(args.checkpoint, device=args.device)
+    model = panst3r.load(args.checkpoint, device=args.device)  # the checkpoint is judged before the vocabulary
+    vocab = class_vocabulary(args.classes, args.text_embeddings, args.device,
+                             how="--text-embeddings FILE (.npy/.pt [C, 768]) or a local SigLIP directory")
     if vocab.embeddings.shape[1] != model.config.text_dim:
         raise InputError(f"text embeddings are {vocab.embeddings.shape[1]} wide but {args.checkpoint} expects "
                          f"{model.config.text_dim}; encode the classes with the model's text encoder (SigLIP-base: 768)")

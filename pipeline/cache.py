@@ -52,7 +52,9 @@ class HashCache:
         self.path = path
         try:
             self.table: dict[str, list] = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # a lost or damaged memo only costs rehashing
+            self.table = {}
+        if not isinstance(self.table, dict):
             self.table = {}
         self.dirty = False
 

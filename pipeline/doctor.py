@@ -150,9 +150,9 @@ def stage_checks(facts: dict) -> list[Check]:
     add("segment (simulated / precomputed)", [_package("pipeline.stages")])
     panst3r_missing = [_package("panst3r.segment"),
                        None if facts.get("transformers") else "transformers",
-                       ]
-    ckpt_note = ("also needs a PanSt3R checkpoint (--segment.checkpoint PATH; DINOv2 weights are inside it) and class "
-                 "embeddings (SigLIP in the HF cache, a local SigLIP path, or a precomputed embedding file)")
+                       None if facts.get("siglip") else "class text embeddings (SigLIP is not in the local HF "
+                       "cache: pass --segment.text-embeddings FILE or --segment.siglip DIR)"]
+    ckpt_note = "also needs a PanSt3R checkpoint (--segment.checkpoint PATH; DINOv2 weights are inside it)"
     add("segment (panst3r)", panst3r_missing, ckpt_note)
     render_missing = [_package("splat.render")]
     if facts.get("cuda") and not facts.get("gsplat_ext"):

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from .common.classes import NUM_CLASSES, PANLIFT_CLASSES, STUFF_IDS, THING_IDS
-from .common.io import InputError, read_document, write_json
+from .common.io import OUTPUT_FILE_KEY, InputError, check_output_file, read_document, write_json
 
 __all__ = [
     "HEADLINE_KEYS",
@@ -572,8 +572,10 @@ def print_report(result: Mapping[str, Any], console=None) -> None:
 
 def eval_command(scene: Path, pred: Path, json: Path | None = None) -> dict[str, Any]:
     """`python -m pipeline eval --scene SCENE_DIR --pred PRED_DIR [--json OUT.json]`."""
+    if json is not None:  # before the work: a folder or a file this command did not write is never replaced
+        json = check_output_file(json, "pipeline eval")
     result = evaluate_scene(Path(scene), Path(pred))
     print_report(result)
     if json is not None:
-        write_json(Path(json), json_safe(result))
+        write_json(json, {OUTPUT_FILE_KEY: "pipeline eval", **json_safe(result)})
     return result

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, write_config
-from .common.io import InputError, atomic_dir, claim_dir, read_json_if_present, write_json
+from .common.io import InputError, atomic_dir, check_output_dir, claim_dir, read_json_if_present, write_json
 from .common.threads import torch_threads
 from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
-from .scene import load_scene
+from .scene import detect_format, load_scene
 from .cache import HashCache, StageContext, StageResult, cleanup_stale, run_stage
 from .stages import (
     STAGE_ORDER,
@@ -73,12 +73,31 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     )
 
 
+def _load_scene(path: Path, fmt: str):
+    """load_scene, with the fix for the two first-run mistakes: no scene yet, and a format pinned wrongly."""
+    if not path.exists():
+        raise InputError(f"{path}: scene folder does not exist; create one first (`make demo` for the synthetic demo "
+                         f"scene, or `python -m pipeline synth {path}`) or pass --scene.path DIR")
+    try:
+        return load_scene(path, fmt)
+    except InputError as e:
+        try:
+            found = detect_format(path) if fmt != "auto" else fmt
+        except InputError:
+            found = fmt
+        if found == fmt:
+            raise
+        raise InputError(f"{path}: looks like a {found} scene but the config pins scene.format {fmt} ({e}); "
+                         "pass --scene.format auto") from None
+
+
 def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
     if cfg.scene.path is None:
         raise InputError("scene.path is not set; pass --scene.path DIR (a PanLift or nerfstudio scene folder)")
     if from_stage is not None and from_stage not in STAGE_ORDER:
         raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_ORDER)}")
-    scene = load_scene(cfg.scene.path, cfg.scene.format)
+    check_output_dir(cfg.output.dir, "run")  # a file, a path below a file or someone else's folder: refused now
+    scene = _load_scene(Path(cfg.scene.path), cfg.scene.format)
     if not scene.train:
         raise InputError(f"{scene.root}: the split has no train frames")
     device = resolve_device(cfg.device)

@@ -23,6 +23,9 @@ __all__ = [
     "atomic_path",
     "atomic_dir",
     "claim_dir",
+    "check_output_dir",
+    "check_output_file",
+    "OUTPUT_FILE_KEY",
     "write_json",
     "read_json_if_present",
     "read_document",
@@ -56,8 +59,19 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+def _check_parents(path: Path) -> None:
+    """An output path below an existing file can never be created: say so before any work starts."""
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InputError(f"{path}: cannot be created because {parent} is a file, not a folder; "
+                                 "pass a path inside a folder")
+            return
+
+
 def _check_ours(path: Path, kind: str) -> None:
     """Refuse to touch `path` unless it is missing, empty, or this tool's own earlier output of `kind`."""
+    _check_parents(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise InputError(f"{path}: exists and is not a folder; pass a folder path (an existing file is never replaced)")
     if not path.is_dir():
@@ -79,6 +93,36 @@ def _resolve_target(path: str | os.PathLike) -> Path:
     cwd = Path.cwd().absolute()
     if path == cwd or path in cwd.parents or not path.name:
         raise InputError(f"{path}: is the current folder or one above it; pass a subfolder such as ./out")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, kind: str) -> Path:
+    """The checks of `claim_dir` without creating anything: for validation before any work starts."""
+    path = _resolve_target(path)
+    _check_ours(path, kind)
+    return path
+
+
+OUTPUT_FILE_KEY = "written_by"  # top-level key of every JSON file a command writes where the user names the file
+
+
+def check_output_file(path: str | os.PathLike, kind: str) -> Path:
+    """Refuse an output FILE path that would replace something this tool did not write.
+
+    The rule: a missing path is fine; a folder (or a path below a file) is refused; an existing file is replaced
+    only when it is JSON whose top-level `OUTPUT_FILE_KEY` equals `kind`, i.e. this tool's earlier output."""
+    path = Path(path).absolute()
+    _check_parents(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; pass a file path for the output, e.g. {path / (kind.split()[-1] + '.json')}")
+    if path.exists() or path.is_symlink():
+        try:
+            ours = json.loads(path.read_text()).get(OUTPUT_FILE_KEY) == kind
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            ours = False
+        if not ours or path.is_symlink():
+            raise InputError(f"{path}: exists and was not written by `{kind}`; pass a new file path "
+                             "(an existing file is replaced only when it is this command's own earlier output)")
     return path
 
 

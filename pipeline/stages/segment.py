@@ -55,8 +55,9 @@ def validate_segment_inputs(ctx: StageContext) -> None:
     elif sc.kind == "panst3r":
         if sc.checkpoint is None:
             raise InputError("segment.kind panst3r needs --segment.checkpoint PATH to a PanSt3R checkpoint")
-        if not Path(sc.checkpoint).is_file():
-            raise InputError(f"{sc.checkpoint}: PanSt3R checkpoint not found; pass --segment.checkpoint PATH")
+        from panst3r.checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(sc.checkpoint)
         _panst3r_merge(sc.merge)
         if sc.vocabulary != "panlift" and not Path(sc.vocabulary).is_file():
             raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
@@ -186,10 +187,10 @@ def load_panst3r(ctx: StageContext) -> _PanSt3R:
     from panst3r.segment import checkpoint_image_size
 
     sc = ctx.cfg.segment
+    model = panst3r.load(sc.checkpoint, device=ctx.device)  # the checkpoint is judged before the vocabulary
     vocab = class_vocabulary(sc.vocabulary, sc.text_embeddings or sc.siglip, ctx.device, panlift_ids=True,
                              how="--segment.text-embeddings FILE, --segment.siglip DIR, or --segment.vocabulary "
                                  "FILE.pt (class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
-    model = panst3r.load(sc.checkpoint, device=ctx.device)
     if vocab.embeddings.shape[1] != model.config.text_dim:
         raise InputError(f"{sc.vocabulary}: text embeddings are {vocab.embeddings.shape[1]} wide but {sc.checkpoint} "
                          f"expects {model.config.text_dim}; encode the classes with the model's text encoder")
