@@ -47,6 +47,68 @@ def _take_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
     return value, out
 
 
+class _BoxCatcher:
+    """sys.stderr while tyro parses: tyro's multi-line error box is kept back (for `_tyro_call` to fold into one
+    line); everything else, such as the progress bars of the command tyro then runs, goes straight through."""
+
+    def __init__(self, real):
+        self.real, self.box, self._in_box = real, [], False
+
+    @staticmethod
+    def _is_box(text: str) -> bool:  # tyro prints a whole box in one write: a framed or dash-ruled block
+        lines = [ln.strip() for ln in text.splitlines()]
+        return len(lines) >= 3 and (lines[0].startswith("╭") or any(len(ln) >= 20 and set(ln) <= set("─-") for ln in lines))
+
+    def write(self, text: str) -> int:
+        if self._is_box(text) or (self._in_box and text == "\n"):
+            self.box.append(text)
+            self._in_box = True
+            return len(text)
+        self._in_box = False
+        return self.real.write(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding ... of the real stream
+        return getattr(self.real, name)
+
+
+def _fold_box(text: str) -> str:
+    """tyro's error box as one line: its sections but the title and the help texts, and where help is."""
+    import re
+
+    sections, cur = [], []
+    framed = text.lstrip().startswith("╭")
+    for raw in text.splitlines():
+        line = raw.strip().strip("│╭╮╰╯").strip()
+        if line and set(line) <= {"─", "-", " "}:
+            sections.append(cur)
+            cur = []
+        elif line and not line.startswith("─"):  # a framed box's title line ("─ Value error ───") carries no detail
+            cur.append(line)
+    sections.append(cur)
+    if not framed and sections:  # an unframed box starts with its title
+        sections = sections[1:]
+    found = re.search(r"python -m pipeline[^│\n]*?--help", text)
+    hint = found.group(0) if found else "python -m pipeline --help"
+    keep = [" ".join(sec) for sec in sections if sec and not sec[0].startswith(("For full helptext", "Argument helptext"))]
+    return f"{'; '.join(keep) or 'invalid arguments'}; see `{hint}`"
+
+
+def _tyro_call(fn, *args, **kwargs):
+    """Call a tyro entry point; a parse error (tyro's box, then exit 2) becomes one InputError line."""
+    real = sys.stderr
+    catcher = sys.stderr = _BoxCatcher(real)
+    try:
+        return fn(*args, **kwargs)
+    except SystemExit as e:
+        if e.code not in (0, None) and catcher.box:
+            raise InputError(_fold_box("".join(catcher.box))) from None
+        raise
+    finally:
+        sys.stderr = real
+        if catcher.box and sys.exc_info()[0] is None:  # a box without an exit: show it as tyro meant
+            real.write("".join(catcher.box))
+
+
 def run_command(args: list[str], quiet: bool = False):
     """`run CONFIG.yaml [--from STAGE] [--section.field value ...]`."""
     from .config import parse_run_args
@@ -64,7 +126,7 @@ def run_command(args: list[str], quiet: bool = False):
         raise InputError(f"run needs the config file first, got {config!r}: python -m pipeline run CONFIG.yaml [overrides]")
     if from_stage is not None and from_stage not in STAGE_NAMES:
         raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_NAMES)}")
-    cfg = parse_run_args(config, rest, prog=_RUN_PROG)
+    cfg = _tyro_call(parse_run_args, config, rest, prog=_RUN_PROG)
     return run_pipeline(cfg, from_stage=from_stage, quiet=quiet)
 
 
@@ -244,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "run":
             run_command(argv[1:])
             return 0
-        tyro.extras.subcommand_cli_from_dict(_subcommands(), args=argv, prog="python -m pipeline",
+        _tyro_call(tyro.extras.subcommand_cli_from_dict, _subcommands(), args=argv, prog="python -m pipeline",
                                              description="Multi-view panoptic 3D: PanSt3R segmentation, Gaussian "
                                                          "splatting, LUDVIG uplifting, PanLift scene-PQ evaluation.")
         return 0

@@ -274,6 +274,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, per_instance:
             raise InputError(f"{run_dir / need}: missing; run `python -m pipeline run CONFIG.yaml --output.dir {run_dir}` "
                              "through the uplift stage first")
     out = Path(out) if out is not None else run_dir / "export"
+    check_output_dir(out, "export")  # before reading anything: a user's folder or file is refused, never replaced
     result = UpliftResult.load(run_dir / "uplift" / "uplift.npz")
     gaussians, _extra = load_ply(run_dir / "splat" / "gaussians.ply")
     with atomic_dir(out, "export") as tmp:

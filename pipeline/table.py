@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from .common.io import InputError, atomic_path, read_document, write_json
+from .common.io import InputError, atomic_path, claim_dir, read_document, write_json
 from .metrics import format_pct
 
 __all__ = ["BenchmarkScene", "load_benchmark", "run_scene", "aggregate", "format_markdown", "plot_bars", "table_command"]
@@ -146,7 +146,7 @@ def table_command(config: Path, data_root: Path, out: Path | None = None, worker
         console.print(line)
     if not scenes:
         raise InputError(f"{data_root}: none of the benchmark scenes in {config} were found")
-    out = Path(out) if out else Path("runs/panlift_table")
+    out = claim_dir(Path(out) if out else Path("runs/panlift_table"), "table")  # never a user's folder
     console.print(f"running {len(scenes)} scene(s) with {workers} worker(s); logs under {out}")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # threads only wait on subprocesses
         rows = list(pool.map(lambda s: run_scene(s, out, extra_args), scenes))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pipeline.common.io import InputError, atomic_path
 
-__all__ = ["save_ply", "load_ply", "standard_field_names", "PLY_BASE_FIELDS"]
+__all__ = ["save_ply", "load_ply", "check_ply_header", "standard_field_names", "PLY_BASE_FIELDS"]
 
 PLY_BASE_FIELDS = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2")
 _TAIL_FIELDS = ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
@@ -121,6 +121,47 @@ def _group_extras(names: list[str], v) -> dict[str, np.ndarray]:
     return out
 
 
+_PLY_TYPE_BYTES = {"char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+                   "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+_MAX_HEADER = 1 << 16
+
+
+def check_ply_header(path: Path) -> int:
+    """Read only the header and check that the file can hold what it claims; return the vertex count.
+
+    A header is free to claim billions of elements; a reader that trusts it allocates (or maps) that much before
+    noticing. Each element's rows need at least (its fixed-size properties' bytes; for a list, its count's
+    bytes) in binary files and at least 2 bytes per property in ASCII ones, so a claim larger than the bytes
+    after the header is refused before anything is allocated."""
+    with open(path, "rb") as fh:
+        head = fh.read(_MAX_HEADER)
+    end = head.find(b"end_header")
+    nl = head.find(b"\n", end)
+    if not head.startswith(b"ply") or end < 0 or nl < 0:
+        raise InputError(f"{path}: not a PLY file (no 'ply ... end_header' header in its first {_MAX_HEADER} bytes); "
+                         "re-export the Gaussians")
+    body = path.stat().st_size - (nl + 1)
+    fmt, elements = None, []  # [name, count, min bytes per row, properties]
+    for raw in head[:end].decode("ascii", "replace").splitlines():
+        w = raw.split()
+        try:
+            if w[:1] == ["format"]:
+                fmt = w[1]
+            elif w[:1] == ["element"]:
+                elements.append([w[1], int(w[2]), 0, 0])
+            elif w[:1] == ["property"] and elements:
+                elements[-1][2] += _PLY_TYPE_BYTES[w[2] if w[1] == "list" else w[1]]
+                elements[-1][3] += 1
+        except (IndexError, KeyError, ValueError):
+            raise InputError(f"{path}: malformed PLY header line {raw.strip()!r}; re-export the Gaussians") from None
+    need = sum(count * (2 * props if fmt == "ascii" else size) for _, count, size, props in elements)
+    if any(count < 0 for _, count, _, _ in elements) or need > body:
+        claims = ", ".join(f"{count:,} {name}" for name, count, _, _ in elements)
+        raise InputError(f"{path}: the PLY header claims {claims} ({need:,} bytes at least) but only {body:,} bytes "
+                         "follow it; the file is truncated or corrupt, re-export the Gaussians")
+    return next((count for name, count, _, _ in elements if name == "vertex"), 0)
+
+
 def load_ply(path: str | Path) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
     """Read a 3DGS PLY -> (Gaussian tensors in our stored form incl. `pan` when present, extra fields)."""
     from plyfile import PlyData
@@ -128,6 +169,7 @@ def load_ply(path: str | Path) -> tuple[dict[str, Tensor], dict[str, np.ndarray]
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: Gaussian PLY not found; train first (python -m pipeline run ...) or fix the path")
+    check_ply_header(path)  # before plyfile allocates what the header claims
     try:
         ply = PlyData.read(str(path))
         v = ply["vertex"]

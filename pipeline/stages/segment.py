@@ -34,6 +34,24 @@ def _mask_source(ctx: StageContext) -> Path:
     return Path(sc.path)
 
 
+def _check_mask_sizes(src: Path, scene) -> None:
+    """Mask sizes from the PNG headers only (cheap), so masks of the wrong size are refused before any work."""
+    from PIL import Image
+
+    for stem in scene.train:
+        frame = scene.frame(stem)
+        for what in ("semantics", "instance"):
+            p = src / what / f"{stem}.png"
+            try:
+                with Image.open(p) as im:
+                    w, h = im.size
+            except Exception as e:  # PIL raises many types on corrupt files
+                raise InputError(f"{p}: cannot read image ({e}); re-export it as a PNG") from None
+            if abs(w / h - frame.width / frame.height) > 0.01 or w > frame.width or h > frame.height:
+                raise InputError(f"{p}: masks are {w}x{h} but frame {stem!r} is {frame.width}x{frame.height}; "
+                                 "write masks at the image size (or a same-aspect downscale)")
+
+
 def _mask_files(src: Path, stems: list[str]) -> tuple[list[str], list[str]]:
     present = [s for s in stems if (src / "semantics" / f"{s}.png").is_file() and (src / "instance" / f"{s}.png").is_file()]
     missing = [s for s in stems if s not in set(present)]
@@ -52,6 +70,7 @@ def validate_segment_inputs(ctx: StageContext) -> None:
             raise InputError(f"{src / what / (s + '.png')}: missing {what} map for train frame {s!r} "
                              f"({len(missing)} of {len(ctx.scene.train)} train frames lack maps); "
                              "write semantics/<stem>.png and instance/<stem>.png for every train frame")
+        _check_mask_sizes(src, ctx.scene)
     elif sc.kind == "panst3r":
         if sc.checkpoint is None:
             raise InputError("segment.kind panst3r needs --segment.checkpoint PATH to a PanSt3R checkpoint")
