@@ -95,7 +95,7 @@ def test_doctor_runs():
 def test_missing_scene_path(tmp_path):
     run = tmp_path / "run"
     p = cli("run", DEMO, "--scene.path", tmp_path / "nope", "--output.dir", run)
-    assert_one_line_error(p, "scene path does not exist")
+    assert_one_line_error(p, "scene folder does not exist; create one first (`make demo`")
     assert not run.exists()
 
 
@@ -137,7 +137,7 @@ def test_precomputed_size_mismatch_and_empty_mask(tmp_path):
     Image.fromarray(np.ones((6, 6), np.uint16)).save(masks / "instance" / "4.png")
     p = cli("run", DEMO, "--scene.path", scene, "--segment.kind", "precomputed", "--segment.path", masks,
             "--output.dir", run)
-    assert_one_line_error(p, "instance map is 6x6 but 4.png is 16x12")
+    assert_one_line_error(p, "instance/4.png: masks are 6x6 but frame '4' is 16x12")
     assert no_stage_folders(run)
 
 
