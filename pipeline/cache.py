@@ -30,6 +30,7 @@ from .config import RunConfig, config_to_dict
 from .scene import Scene
 
 __all__ = ["HashCache", "StageContext", "StageResult", "Stage", "run_stage", "cleanup_stale", "read_manifest",
+           "damaged_outputs",
            "upstream", "digest", "file_sha256", "config_hash", "scene_geometry_digest", "scene_layout_digest",
            "scene_gt_digest"]
 
@@ -156,6 +157,7 @@ class StageResult:
     status: str  # "ran" | "cached"
     manifest: dict
     wall_s: float = 0.0
+    note: str = ""  # one line on why a stage that looked cached ran again (a damaged output or manifest)
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,10 @@ class Stage:
 def read_manifest(stage_dir: Path) -> dict | None:
     """A stage folder's manifest.json, or None when it is missing or unreadable (then the stage reruns)."""
     try:
-        return json.loads((Path(stage_dir) / "manifest.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
+        m = json.loads((Path(stage_dir) / "manifest.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return m if isinstance(m, dict) else None
 
 
 def _outputs_of(folder: Path) -> dict[str, str]:
@@ -205,16 +208,43 @@ def cleanup_stale(run_dir: Path) -> list[Path]:
     return removed
 
 
+def damaged_outputs(stage_dir: Path, manifest: dict, hashes: HashCache) -> list[str]:
+    """Outputs of a finished stage that are missing or whose sha256 no longer matches its manifest (a truncated
+    checkpoint, a PLY edited by hand, a disk error): such a stage is not a cache hit. Hashes are memoised by
+    (size, mtime), so an unchanged folder is not re-read; any write to a file changes its mtime."""
+    bad = [rel for rel in manifest.get("outputs", []) if not (stage_dir / rel).is_file()]
+    recorded = manifest.get("outputs_sha256")
+    if not isinstance(recorded, dict):
+        return bad or ["manifest.json (no output hashes)"]
+    return bad + [rel for rel, h in recorded.items() if rel not in bad and hashes.file(stage_dir / rel) != h]
+
+
+def _cache_miss_note(stage: Stage, dest: Path, old: dict | None, ctx: StageContext) -> str | None:
+    """None when `old` describes intact outputs; else the one line that says what is damaged."""
+    if old is None:
+        if (dest / "manifest.json").is_file():
+            return f"{stage.name}: {dest / 'manifest.json'} is unreadable; recomputing the stage"
+        return ""
+    bad = damaged_outputs(dest, old, ctx.hashes)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        return f"{stage.name}: {dest / bad[0]}{more} is missing or does not match its sha256 in the manifest; recomputing the stage"
+    return None
+
+
 def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> StageResult:
     """The stage cache check: skip the stage when its manifest's input digests and config hash equal today's
-    and its outputs are all there; else run it into a temporary folder and rename that into place."""
+    and its outputs are all there with the hashes the manifest recorded; else run it into a temporary folder
+    and rename that into place."""
     inputs = stage.inputs(ctx)
     cfg_hash = config_hash(ctx.cfg, stage.sections, stage.exclude)
     dest = ctx.stage_dir(stage.name)
     old = read_manifest(dest)
-    if (not force and old is not None and old.get("inputs") == inputs and old.get("config_hash") == cfg_hash
-            and all((dest / rel).is_file() for rel in old.get("outputs", []))):
-        return StageResult(stage.name, "cached", old, 0.0)
+    note = ""
+    if not force and (old is None or (old.get("inputs") == inputs and old.get("config_hash") == cfg_hash)):
+        note = _cache_miss_note(stage, dest, old, ctx)
+        if note is None:
+            return StageResult(stage.name, "cached", old, 0.0)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     with atomic_dir(dest, f"stage {stage.name}") as tmp:
@@ -235,7 +265,7 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> StageResu
         }
         write_json(tmp / "manifest.json", manifest)
     ctx.hashes.save()
-    return StageResult(stage.name, "ran", manifest, wall)
+    return StageResult(stage.name, "ran", manifest, wall, note)
 
 
 def upstream(ctx: StageContext, name: str, files: tuple[str, ...] | None = None) -> str:

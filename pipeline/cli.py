@@ -11,6 +11,7 @@ traceback (`--debug` or PIPELINE_DEBUG=1 shows it).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -315,6 +316,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         msg = " ".join(str(e).split())
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e.filename or 'an output'}: no space left on device while writing it; free some space and "
+              "run the same command again (finished outputs were kept, the unfinished one was removed)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

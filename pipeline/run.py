@@ -110,6 +110,7 @@ def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
 def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, quiet: bool = False) -> RunOutcome:
     """Run (or resume) every stage of `cfg` in its output directory; return the outcome."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console(stderr=False, quiet=quiet)
     t0 = time.perf_counter()
@@ -133,6 +134,8 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
             forced = forced or name == from_stage
             res = run_stage(STAGES[name], ctx, force=forced)
             results.append(res)
+            if res.note:
+                console.print(f"[yellow]{escape(res.note)}[/yellow]", soft_wrap=True)  # one line, whatever the width
             skipped = (res.manifest.get("info") or {}).get("skipped")
             if skipped:
                 console.print(f"[bold]{name}[/bold] skipped: {skipped}"
