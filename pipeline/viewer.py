@@ -17,7 +17,8 @@ from .common.classes import PANLIFT_CLASSES
 from .common.io import InputError
 from .common.labels import palette
 
-__all__ = ["SplatData", "load_splats", "colors_for", "visible_mask", "covariances", "view_command", "COLOR_MODES"]
+__all__ = ["SplatData", "load_splats", "colors_for", "visible_mask", "covariances", "training_camera", "view_command",
+           "COLOR_MODES"]
 
 COLOR_MODES = ("rgb", "instance", "class")
 
@@ -93,6 +94,30 @@ def _find_ply(run_dir: Path) -> Path:
     raise InputError(f"{run_dir}: no uplift/labelled.ply or splat/gaussians.ply; run `python -m pipeline run ...` first")
 
 
+def training_camera(run_dir: Path) -> dict:
+    """Where the viewer starts: the run's first training camera (inside the captured room, looking where the
+    photos looked), read from the run's config.yaml and scene. Returns position, look_at, up (world, viser's
+    convention: up is the camera's -y, OpenCV axes) and the vertical field of view in radians."""
+    import yaml
+
+    from .scene import load_scene
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{cfg_path}: not found, so the training cameras are unknown")
+    scene_cfg = (yaml.safe_load(cfg_path.read_text()) or {}).get("scene") or {}
+    if not scene_cfg.get("path"):
+        raise InputError(f"{cfg_path}: names no scene.path")
+    scene = load_scene(scene_cfg["path"], scene_cfg.get("format", "auto"))
+    if not scene.train:
+        raise InputError(f"{scene.root}: no training frames")
+    f = scene.frame(scene.train[0])
+    c2w = np.asarray(f.c2w, np.float64)  # [4, 4] camera-to-world, OpenCV axes
+    pos = c2w[:3, 3]
+    return {"position": pos, "look_at": pos + c2w[:3, 2], "up": -c2w[:3, 1],
+            "fov": float(2 * np.arctan(f.height / (2 * f.K[1, 1]))), "frame": f.stem}
+
+
 def view_command(run_dir: Path, port: int = 8080, host: str = "127.0.0.1", max_seconds: float | None = None) -> None:
     """Serve the run's labelled Gaussians; blocks until Ctrl-C (or max_seconds)."""
     import viser
@@ -102,6 +127,15 @@ def view_command(run_dir: Path, port: int = 8080, host: str = "127.0.0.1", max_s
     cov = covariances(d)
     opac = (1.0 / (1.0 + np.exp(-d.opacities)))[:, None].astype(np.float32)
     server = viser.ViserServer(host=host, port=port)
+    try:
+        cam = training_camera(run_dir)
+        server.initial_camera.position = tuple(cam["position"])
+        server.initial_camera.look_at = tuple(cam["look_at"])
+        server.initial_camera.up = tuple(cam["up"])
+        server.initial_camera.fov = cam["fov"]
+        start = f"starting at training camera {cam['frame']}"
+    except InputError as e:  # the Gaussians are still worth showing
+        start = f"starting at viser's default view ({e})"
     state = {"mode": "instance" if d.instance is not None else "rgb", "hidden": set()}
 
     def redraw() -> None:
@@ -131,7 +165,10 @@ def view_command(run_dir: Path, port: int = 8080, host: str = "127.0.0.1", max_s
 
                 cb.on_update(toggle)
     redraw()
-    print(f"viewer running at http://{host}:{port}  (remote machine? `ssh -L {port}:localhost:{port} HOST`, then open http://localhost:{port})")
+    bound = server.get_port()  # viser moves on to the next free port when `port` is taken
+    busy = f" (port {port} was taken)" if bound != port else ""
+    print(f"viewer running at http://{host}:{bound}{busy}, {start}; on a remote machine run "
+          f"`ssh -L {bound}:localhost:{bound} HOST` here, then open http://localhost:{bound}", flush=True)
     t0 = time.time()
     try:
         while max_seconds is None or time.time() - t0 < max_seconds:
