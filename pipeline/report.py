@@ -18,10 +18,10 @@ from PIL import Image
 
 from .common.classes import PANLIFT_CLASSES, THING_IDS
 from .common.io import atomic_path, read_json_if_present, read_png
-from .common.labels import STUFF_ID_OFFSET, colorize, gt_panoptic_ids, overlay, resize_nearest
+from .common.labels import STUFF_ID_OFFSET, colorize, gt_panoptic_ids, overlay, palette, resize_nearest
 from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 
-__all__ = ["write_report", "error_map"]
+__all__ = ["write_report", "error_map", "panoptic_view_ids"]
 
 _ROWS = (("uplift", "3D uplift (LUDVIG) at test poses"), ("segmenter_on_test", "segmenter directly on test views"),
          ("render_then_segment", "render-then-segment"))
@@ -61,7 +61,7 @@ def _curve_png(history: list[dict]) -> bytes | None:
     import matplotlib.pyplot as plt
 
     steps = [h.get("step", i) for i, h in enumerate(history)]
-    fig, ax = plt.subplots(figsize=(6.4, 2.8))
+    fig, ax = plt.subplots(figsize=(12.8, 3.6))  # shown at the page's full width
     ax.plot(steps, [h.get("loss", np.nan) for h in history], color="tab:blue", label="loss")
     if any("l_pan" in h for h in history):
         ax.plot(steps, [h.get("l_pan", np.nan) for h in history], color="tab:purple", lw=0.8, label="L_pan")
@@ -71,12 +71,146 @@ def _curve_png(history: list[dict]) -> bytes | None:
     ax2 = ax.twinx()
     ax2.plot(steps, [h.get("psnr", np.nan) for h in history], color="tab:orange", label="train PSNR")
     ax2.set_ylabel("PSNR (dB)")
-    fig.legend(loc="upper center", ncol=3, fontsize=8)
-    fig.tight_layout()
+    ax.grid(True, which="major", alpha=0.3)
+    fig.legend(loc="upper center", ncol=3, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def panoptic_view_ids(sem: np.ndarray, inst: np.ndarray) -> np.ndarray:
+    """[H, W] ids the pictures are coloured by: a thing's instance id, or STUFF_ID_OFFSET + class for stuff (the
+    evaluator collapses stuff to one segment per class). Test overlays, contact sheet and colour key all use it,
+    so one object has one colour everywhere in the report."""
+    sem, inst = np.asarray(sem, np.int64), np.asarray(inst, np.int64)
+    return np.where(np.isin(sem, list(THING_IDS)), inst, STUFF_ID_OFFSET + sem) * (sem > 0)
+
+
+def _segment_view_ids(inst_png: Path) -> np.ndarray:
+    """A segmenter output's panoptic ids (its semantics map next to the instance map), else its raw ids."""
+    inst = read_png(inst_png).astype(np.int64)
+    sem_png = inst_png.parent.parent / "semantics" / inst_png.name
+    if not sem_png.is_file():
+        return inst
+    sem = read_png(sem_png).astype(np.int64)
+    return panoptic_view_ids(sem, inst) if sem.shape == inst.shape else inst
+
+
+def _colour_key(doc: "_Doc", shown: list[tuple[np.ndarray, np.ndarray]], legend: dict) -> None:
+    """Which colour is which object in the overlays: id, class (the predicted class under it), pixels in the
+    views shown, Gaussians labelled with it (legend.json)."""
+    if not shown:
+        return
+    pan = np.concatenate([p.ravel() for p, _ in shown])
+    sem = np.concatenate([s.ravel() for _, s in shown])
+    ids, counts = np.unique(pan[pan > 0], return_counts=True)
+    cols = (palette(ids) * 255.0 + 0.5).astype(int)
+    per_class = legend.get("num_labelled_per_class") or {}
+    instances = legend.get("instances") or {}
+    rows = []
+    for pid, n, col in sorted(zip(ids.tolist(), counts.tolist(), cols.tolist()), key=lambda r: -r[1]):
+        if pid >= STUFF_ID_OFFSET:
+            cls, label, g = pid - STUFF_ID_OFFSET, f"stuff {pid - STUFF_ID_OFFSET}", per_class.get(str(pid - STUFF_ID_OFFSET))
+        else:
+            cls, label = int(np.bincount(sem[pan == pid]).argmax()), f"instance {pid}"
+            g = (instances.get(str(pid)) or {}).get("num_gaussians")
+        name = PANLIFT_CLASSES[cls] if 0 <= cls < len(PANLIFT_CLASSES) else str(cls)
+        rows.append((tuple(col), [label, name, f"{n:,}", "–" if g is None else f"{g:,}"]))
+    doc.h("Colour key", 3)
+    doc.colour_table(["id", "class", "pixels", "Gaussians"], rows)
+    doc.p("pixels: in the views shown here; Gaussians: labelled with that id (stuff: with that class).")
+
+
+def _instance_confidence(run: Path) -> dict[int, float]:
+    """Mean label confidence of each instance's Gaussians, from uplift/labelled.ply ({} when absent)."""
+    path = run / "uplift" / "labelled.ply"
+    if not path.is_file():
+        return {}
+    try:
+        from splat.ply import load_ply
+
+        _, extra = load_ply(path)
+    except Exception:  # the table is still useful without the confidence column
+        return {}
+    inst, conf = extra.get("instance_id"), extra.get("label_confidence")
+    if inst is None or conf is None:
+        return {}
+    inst, conf = np.asarray(inst, np.int64).reshape(-1), np.asarray(conf, np.float64).reshape(-1)
+    return {int(i): float(conf[inst == i].mean()) for i in np.unique(inst[inst >= 0])}
+
+
+def _instance_table(doc: "_Doc", run: Path) -> None:
+    """One row per uplifted instance: class, Gaussians, axis-aligned 3D box, mean label confidence."""
+    legend = read_json_if_present(run / "uplift" / "legend.json") or {}
+    instances = legend.get("instances") or {}
+    if not instances:
+        return
+    conf = _instance_confidence(run)
+    pct = legend.get("bbox_percentiles")
+    rows = []
+    for key, r in sorted(instances.items(), key=lambda kv: int(kv[0])):
+        lo, hi = np.asarray(r.get("bbox_min", [np.nan] * 3)), np.asarray(r.get("bbox_max", [np.nan] * 3))
+        box = f"({', '.join(f'{v:.2f}' for v in lo)}) – ({', '.join(f'{v:.2f}' for v in hi)})"
+        size = " × ".join(f"{v:.2f}" for v in hi - lo)
+        pid = int(key) if r.get("class_id") in THING_IDS else STUFF_ID_OFFSET + int(r.get("class_id", 0))
+        col = tuple((palette([pid])[0] * 255.0 + 0.5).astype(int).tolist())
+        c = conf.get(int(key))
+        rows.append((col, [key, r.get("class_name", "?"), f"{r.get('num_gaussians', 0):,}", box, size,
+                           "–" if c is None else f"{c:.2f}"]))
+    doc.h("Instances in 3D (uplift/legend.json)", 3)
+    doc.colour_table(["instance", "class", "Gaussians", "3D box min – max", "box size",
+                      "mean confidence"], rows)
+    doc.p("Boxes are axis-aligned, in scene units, over the instance's Gaussians"
+          + (f" (per axis, percentiles {pct[0]:g} to {pct[1]:g})" if isinstance(pct, list) and len(pct) == 2 else "")
+          + "; confidence is the mean of label_confidence in labelled.ply over them. Stuff rows are coloured by class.")
+
+
+def _rgb_only_views(doc: "_Doc", rdir: Path, scene, num_views: int) -> None:
+    """A geometry-only run (segment.kind none): rendered RGB next to the captured image, no labels."""
+    stems = sorted((p.stem for p in (rdir / "rgb").glob("*.png")), key=lambda s: (len(s), s))
+    if not stems:
+        doc.p("No rendered test views in this run.")
+        return
+    for i in np.linspace(0, len(stems) - 1, min(num_views, len(stems))).astype(int):
+        s = stems[i]
+        rgb = read_png(rdir / "rgb" / f"{s}.png")[..., :3]
+        items = [(f"{s}_rgb.png", _png_bytes(rgb))]
+        if scene is not None and s in scene.frames:
+            cap = (scene.load_rgb(s) * 255 + 0.5).astype(np.uint8)
+            if cap.shape[:2] != rgb.shape[:2]:
+                cap = np.array(Image.fromarray(cap).resize(rgb.shape[1::-1], Image.BILINEAR))
+            items.append((f"{s}_captured.png", _png_bytes(cap)))
+        doc.images(items)
+    doc.p("Geometry-only run (no segmenter, so no labels): rendered RGB | captured image, at the test poses.")
+
+
+def _next_steps(doc: "_Doc", run: Path) -> None:
+    """Where the results are and the two commands that use them."""
+    labelled = run / "uplift" / "labelled.ply"
+    lines = []
+    if labelled.is_file():
+        lines.append(f"labelled Gaussians: {labelled} (standard 3DGS fields + instance_id, class_id, label_confidence)")
+    elif (run / "splat" / "gaussians.ply").is_file():
+        lines.append(f"Gaussians (no labels in this run): {run / 'splat' / 'gaussians.ply'}")
+    if lines:
+        lines += [f"look at them in the browser: python -m pipeline view {run}",
+                  f"export them (labelled.ply + legend.json, optionally one PLY per instance): "
+                  f"python -m pipeline export {run} --out {run / 'export'} [--per-instance]"]
+        doc.h("Outputs", 3)
+        doc.code("\n".join(lines))
+
+
+def _provenance(doc: "_Doc", run: Path, cfg: dict) -> None:
+    """How this run was made: the exact command, the version and commit, the resolved config."""
+    doc.h("How this run was made")
+    cmd = run / "command.txt"
+    doc.p(f"version {cfg.get('version', '?')} · git commit {cfg.get('git_commit') or 'unknown (not a git checkout)'}")
+    doc.code(cmd.read_text().strip() if cmd.is_file() else "(not recorded: the run was started from Python or by "
+             "an older version)")
+    if (run / "config.yaml").is_file():
+        doc.code((run / "config.yaml").read_text(), summary="resolved config (config.yaml)")
 
 
 class _Doc:
@@ -103,13 +237,31 @@ class _Doc:
         self.md.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
                        + "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows))
 
-    def images(self, items: list[tuple[str, bytes]], caption: str = ""):
+    def code(self, text: str, summary: str | None = None):
+        """A preformatted block (the command, the config); folded away under `summary` when given."""
+        pre = f"<pre>{html.escape(text)}</pre>"
+        self.html.append(f"<details><summary>{html.escape(summary)}</summary>{pre}</details>" if summary else pre)
+        self.md.append((f"{summary}:\n\n" if summary else "") + "```\n" + text.rstrip() + "\n```\n")
+
+    def colour_table(self, header: list[str], rows: list[tuple[tuple[int, int, int] | None, list[str]]]):
+        """A table whose first column is a colour swatch (the colour used in the pictures)."""
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in ["colour", *header])
+        trs = "".join(
+            "<tr><td>" + (f"<span class=sw style=\"background:rgb{tuple(int(c) for c in col)}\"></span>" if col else "")
+            + "</td>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>" for col, cells in rows)
+        self.html.append(f"<table class=key><tr>{th}</tr>{trs}</table>")
+        self.md.append("| colour | " + " | ".join(header) + " |\n|" + "---|" * (len(header) + 1) + "\n"
+                       + "".join("| " + ("#%02x%02x%02x" % tuple(int(c) for c in col) if col else "") + " | "
+                                 + " | ".join(str(c) for c in cells) + " |\n" for col, cells in rows))
+
+    def images(self, items: list[tuple[str, bytes]], caption: str = "", wide: bool = False):
         cells = []
         mds = []
         for name, data in items:
             self.files[name] = data
             b64 = base64.b64encode(data).decode()
-            cells.append(f"<figure><img src=\"data:image/png;base64,{b64}\"><figcaption>{html.escape(name.rsplit('.', 1)[0])}</figcaption></figure>")
+            cls = " class=wide" if wide else ""
+            cells.append(f"<figure{cls}><img{cls} src=\"data:image/png;base64,{b64}\"><figcaption>{html.escape(name.rsplit('.', 1)[0])}</figcaption></figure>")
             mds.append(f"![{name}](report_assets/{name})")
         self.html.append(f"<div class=row>{''.join(cells)}</div>" + (f"<p class=cap>{html.escape(caption)}</p>" if caption else ""))
         self.md.append(" ".join(mds) + ("\n\n" + caption if caption else "") + "\n")
@@ -119,7 +271,12 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;col
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0}figcaption{font-size:11px;color:#555;text-align:center}img{image-rendering:pixelated;max-width:296px}
-.cap{font-size:12px;color:#555}.note{color:#8a5a00}"""
+.cap{font-size:12px;color:#555}.note{color:#8a5a00}
+figure.wide{width:100%}img.wide{max-width:100%;width:100%;image-rendering:auto}
+.sw{display:inline-block;width:28px;height:14px;border:1px solid #444;vertical-align:middle}
+table.key td{padding:1px 8px}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
+.views{display:flex;gap:16px;align-items:flex-start}.views img{max-width:176px}.views .row{flex-wrap:nowrap}
+.views>div:first-child{flex:none}.views>div:last-child{position:sticky;top:8px}table.key td{white-space:nowrap}"""
 
 
 def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 16) -> Path:
@@ -135,6 +292,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     seg_kind = (cfg.get("segment") or {}).get("kind", "?")
     doc.p(f"scene: {scene_path or '?'} · segmenter: {seg_kind}"
           + (" (SIMULATED segmenter: GT with synthetic noise, not a real model)" if seg_kind == "simulated" else ""))
+    _next_steps(doc, run)
 
     # -- metrics ------------------------------------------------------------------------------
     doc.h("Metrics (scene-level PQ, PanLift protocol, ×100)")
@@ -188,9 +346,14 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
             scene = load_scene(scene_path, (cfg.get("scene") or {}).get("format", "auto"))
         except Exception as e:  # the report must not die on a moved scene
             doc.p(f"(scene not readable for GT pictures: {e})")
-    if not stems:
+    if not stems and (rdir / "rgb").is_dir():
+        _rgb_only_views(doc, rdir, scene, num_views)
+    elif not stems:
         doc.p("No rendered test views in this run.")
     pick = [stems[int(i)] for i in np.linspace(0, len(stems) - 1, min(num_views, len(stems)))] if stems else []
+    shown: list[tuple[np.ndarray, np.ndarray]] = []  # (panoptic ids, classes) of the overlays, for the colour key
+    if pick:
+        doc.html.append("<div class=views><div>")
     for s in pick:
         inst = read_png(rdir / "pred_surrogateid" / f"{s}.png").astype(np.int64)
         sem = read_png(rdir / "pred_semantics" / f"{s}.png").astype(np.int64)
@@ -198,7 +361,8 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
         rgb_p = rdir / "rgb" / f"{s}.png"
         rgb = read_png(rgb_p)[..., :3] if rgb_p.is_file() else np.zeros(hw + (3,), np.uint8)
         # the evaluator collapses stuff to one segment per class; show the same thing
-        pan = np.where(np.isin(sem, list(THING_IDS)), inst, STUFF_ID_OFFSET + sem)
+        pan = panoptic_view_ids(sem, inst)
+        shown.append((pan, sem))
         items = [(f"{s}_rgb.png", _png_bytes(rgb)), (f"{s}_pred.png", _png_bytes(overlay(rgb, pan)))]
         if scene is not None and scene.frames.get(s) is not None and scene.frames[s].semantics is not None:
             gs = resize_nearest(scene.load_semantics(s), hw)
@@ -208,8 +372,12 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
             items.append((f"{s}_error.png", _png_bytes(error_map(sem, inst, gs, gi))))
         doc.images(items)
     if pick:
+        doc.html.append("</div><div>")  # the colour key to the right of the overlays
+        _colour_key(doc, shown, read_json_if_present(run / "uplift" / "legend.json") or {})
+        doc.html.append("</div></div>")
         doc.p("Columns: rendered RGB | predicted panoptic overlay | GT overlay | error map "
               "(green = right class, red = wrong class, orange = right class but wrong instance, black = GT void).")
+        _instance_table(doc, run)
 
     # -- segmenter contact sheet ---------------------------------------------------------------------
     doc.h("Segmenter outputs on training views")
@@ -221,7 +389,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
         items = []
         for i in idx:
             p = seg_inst[i]
-            ids = read_png(p).astype(np.int64)
+            ids = _segment_view_ids(p)
             base = None
             if scene is not None and p.stem in scene.frames:
                 base = (scene.load_rgb(p.stem) * 255 + 0.5).astype(np.uint8)
@@ -229,7 +397,8 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
                     base = np.array(Image.fromarray(base).resize(ids.shape[::-1], Image.BILINEAR))
             img = overlay(base, ids) if base is not None else colorize(ids)
             items.append((f"seg_{p.stem}.png", _png_bytes(img, max_w=200)))
-        doc.images(items, f"{len(idx)} of {len(seg_inst)} segmented views; one colour per instance id (ids are shared across views).")
+        doc.images(items, f"{len(idx)} of {len(seg_inst)} segmented views; one colour per thing id (ids are shared "
+                          "across views) and per stuff class, the same colours as in the test views and their key.")
     else:
         doc.p("No segmenter outputs in this run.")
 
@@ -238,10 +407,11 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     hist = read_json_if_present(run / "splat" / "history.json")
     curve = _curve_png(hist if isinstance(hist, list) else [])
     if curve:
-        doc.images([("training_curve.png", curve)])
+        doc.images([("training_curve.png", curve)], wide=True)
     else:
         doc.p("No training history in this run.")
 
+    _provenance(doc, run, cfg)
     body = "\n".join(doc.html)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")

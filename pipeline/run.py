@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, write_config
-from .common.io import InputError, atomic_dir, check_output_dir, claim_dir, read_json_if_present, write_json
+from .common.io import InputError, atomic_dir, atomic_path, check_output_dir, claim_dir, read_json_if_present, write_json
 from .common.threads import torch_threads
 from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 from .scene import detect_format, load_scene
@@ -126,6 +126,7 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
         for p in cleanup_stale(run_dir):
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")
+        _record_command(run_dir / "command.txt")
         console.print(f"run dir {run_dir}  ·  scene {scene.root} ({len(scene.train)} train / {len(scene.test)} test)"
                       f"  ·  segmenter {cfg.segment.kind}{' (SIMULATED)' if cfg.segment.kind == 'simulated' else ''}"
                       f"  ·  device {device}")
@@ -151,6 +152,22 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     outcome = RunOutcome(run_dir, results, metrics, report, time.perf_counter() - t0)
     print_summary(outcome, console)
     return outcome
+
+
+def _record_command(path: Path) -> None:
+    """The exact command line (and the folder it ran in) for the report's "how this run was made"."""
+    import os
+    import shlex
+    import sys
+
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "__main__.py" and argv0.parent.name == "pipeline":
+        text = f"cd {shlex.quote(os.getcwd())} && python -m pipeline {shlex.join(sys.argv[1:])}\n"
+    else:
+        text = f"pipeline.run.run_pipeline() called from Python: {shlex.join(sys.argv)}\n"
+    if not path.is_file() or path.read_text() != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
