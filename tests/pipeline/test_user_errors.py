@@ -272,3 +272,18 @@ def test_eval_json_replaces_only_its_own_file(world, tmp_path, capsys):
     with pytest.raises(InputError, match="was not written by `pipeline eval`"):
         eval_command(world / "scene", world / "pred", out)
     assert json.loads(out.read_text()) == {"pq": -1}
+
+
+def test_doctor_does_not_call_panst3r_ready_without_text_embeddings():
+    """doctor said "SigLIP text weights: no" and then "segment (panst3r): yes, ready"; the two must agree."""
+    from pipeline.doctor import stage_checks
+
+    facts = {"transformers": True, "siglip": False, "matplotlib": True, "viser": True}
+    rows = {c.name: c for c in stage_checks(facts)}
+    for name in ("segment (panst3r)", "render_then_segment"):
+        assert not rows[name].ok and "class text embeddings" in rows[name].detail
+        assert "--segment.text-embeddings FILE" in rows[name].detail
+    assert "class text embeddings" not in rows["segment (panst3r)"].detail.split("(also needs")[0].replace(
+        "class text embeddings", "", 1)  # said once, not twice
+    rows = {c.name: c for c in stage_checks({**facts, "siglip": True})}
+    assert "class text embeddings" not in rows["segment (panst3r)"].detail
