@@ -35,13 +35,14 @@ from pipeline.common.io import InputError, atomic_dir, write_json, write_png
 from pipeline.common.labels import overlay
 
 from .cameras import recover_cameras
+from .config import SegmenterConfig
 from .keyframes import image_descriptors, select_keyframes
 from .postprocess import PanopticResult, panoptic_qubo, panoptic_standard
 from .preprocess import UnreadableImage, allowed_sizes
 from .preprocess import load_images as _load
 
 __all__ = ["segment_images", "load_images", "LoadedImages", "merge_output", "MERGES",
-           "checkpoint_image_size"]
+           "checkpoint_image_size", "Segmenter", "load_segmenter"]
 
 MERGES = ("standard_v2", "standard_v1", "qubo")
 
@@ -93,6 +94,46 @@ def checkpoint_image_size(path: Path, default: int = 512) -> int:
     if isinstance(img, (list, tuple)) and img and all(isinstance(v, int) and v > 0 for v in img):
         return max(img)
     return default
+
+
+@dataclass
+class Segmenter:
+    """A loaded PanSt3R segmenter: what one multi-view pass needs, read once from a `SegmenterConfig`."""
+
+    model: torch.nn.Module
+    vocab: object  # panst3r.cli.Vocabulary: names, semantics ids, embeddings [C, E]
+    size: int  # network long side
+    config: SegmenterConfig
+    device: str
+
+    def segment(self, images: Sequence[Path], out_dir: Path, *, progress: bool = True,
+                resize_to_original: bool = True, write_pointmaps: bool = True) -> Path:
+        """`segment_images` with the config's keyframes, merge and seed (see the module docstring)."""
+        c = self.config
+        return segment_images(images, self.model, self.vocab.embeddings.to(self.device), self.vocab.names, out_dir,
+                              num_keyframes=c.keyframes or None, keyframe_method=c.keyframe_method, merge=c.merge,
+                              seed=c.seed, size=self.size, progress=progress, resize_to_original=resize_to_original,
+                              class_ids=self.vocab.class_ids, write_pointmaps=write_pointmaps)
+
+
+def load_segmenter(cfg: SegmenterConfig, device: str = "cpu", *, panlift_ids: bool = False,
+                   how: str = "--text-embeddings FILE") -> Segmenter:
+    """Vocabulary (checked before the slow model load), checkpoint, network size: the one loader of both the
+    `segment` command and the pipeline stage. `panlift_ids` and `how` as in `panst3r.cli.class_vocabulary`."""
+    from .checkpoint import load
+    from .cli import class_vocabulary
+
+    if cfg.checkpoint is None:
+        raise ValueError("load_segmenter needs cfg.checkpoint; validate the inputs first")
+    vocab = class_vocabulary(cfg.vocabulary, cfg.text_embeddings, device, panlift_ids=panlift_ids, how=how)
+    model = load(cfg.checkpoint, device=device)
+    if vocab.embeddings.shape[1] != model.config.text_dim:
+        source = cfg.text_embeddings or cfg.vocabulary
+        raise InputError(f"{source}: text embeddings are {vocab.embeddings.shape[1]} wide but {cfg.checkpoint} "
+                         f"expects {model.config.text_dim}; encode the classes with the model's text encoder "
+                         "(SigLIP-base: 768)")
+    size = cfg.size if cfg.size is not None else checkpoint_image_size(cfg.checkpoint)
+    return Segmenter(model, vocab, size, cfg, str(device))
 
 
 def _to_original(label: np.ndarray, hw0: tuple[int, int], crop: tuple[int, int, int, int]) -> np.ndarray:

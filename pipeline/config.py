@@ -22,6 +22,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from panst3r.config import SegmenterConfig
+from splat.config import PRESETS as _PRESETS
+from splat.config import TrainConfig as _TrainConfig
+
 from .common.io import InputError, atomic_path, read_document
 
 __all__ = [
@@ -48,13 +52,6 @@ __all__ = [
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _splat_defaults():
-    from splat.train import PRESETS, TrainConfig
-
-    return PRESETS, TrainConfig
-
-
-_PRESETS, _TrainConfig = _splat_defaults()
 
 
 @dataclass
@@ -68,8 +65,8 @@ class SceneSection:
 
 
 @dataclass
-class SegmentSection:
-    """Where the multi-view-consistent 2D panoptic masks come from."""
+class SegmentSection(SegmenterConfig):
+    """Where the multi-view-consistent 2D panoptic masks come from (the PanSt3R fields apply to kind panst3r)."""
 
     kind: Literal["simulated", "precomputed", "panst3r"] = "simulated"
     """simulated: the synthetic scene's panoptic_consistent/ maps (GT with synthetic noise, NOT a real model);
@@ -78,20 +75,6 @@ class SegmentSection:
     path: Optional[Path] = None
     """simulated/precomputed: the folder holding semantics/ and instance/ (simulated defaults to
     SCENE/panoptic_consistent)."""
-    checkpoint: Optional[Path] = None
-    """panst3r: checkpoint file (.pth) of the PanSt3R model."""
-    vocabulary: str = "panlift"
-    """panst3r: class vocabulary: "panlift" (PanLift's 21 classes, the default), a text file of class names (mapped to
-    PanLift ids), or a .pt of class names + embeddings written by panst3r.text.save_embeddings."""
-    text_embeddings: Optional[Path] = None
-    """panst3r: precomputed class-name embeddings (.npy/.pt, one row per vocabulary class); skips SigLIP."""
-    siglip: Optional[Path] = None
-    """panst3r: local SigLIP model folder for embedding class names (default: the local Hugging Face cache;
-    nothing is downloaded)."""
-    merge: str = "qubo"
-    """panst3r: mask-merging method (qubo = the paper's QUBO selection; standard = Mask2Former-style)."""
-    keyframes: int = 0
-    """panst3r: number of keyframes for the multi-view pass (0 = the segmenter's default)."""
     include_test: bool = False
     """panst3r: segment train and test images in ONE joint multi-view pass. By default the test images get a
     separate pass (scored as segmenter_on_test), so no test image influences the 3D pipeline."""

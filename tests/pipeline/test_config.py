@@ -48,6 +48,23 @@ def test_shipped_configs_load():
         assert load_config(CONFIGS_DIR / n).segment.kind == "panst3r"
 
 
+def test_segment_stage_and_command_share_one_config():
+    """The segment stage's section extends the segment command's PanSt3R config: same fields, same defaults."""
+    from panst3r.config import SegmentArgs, SegmenterConfig
+    from pipeline.config import SegmentSection
+
+    shared = [f.name for f in dataclasses.fields(SegmenterConfig)]
+    assert {"checkpoint", "vocabulary", "text_embeddings", "keyframes", "merge", "seed", "size"} <= set(shared)
+    section, args = SegmentSection(), SegmentArgs(images="i", out="o")
+    for name in shared:
+        assert getattr(section, name) == getattr(args, name) == getattr(SegmenterConfig(), name), name
+    assert section.merge == "standard_v2" and section.keyframes is None
+    # the paper config asks for the QUBO merge; a panst3r run on it keeps that unless overridden
+    cfg = parse_run_args(CONFIGS_DIR / "gpu_paper.yaml", ["--segment.kind", "panst3r"])
+    assert cfg.segment.merge == "qubo"
+    assert parse_run_args(CONFIGS_DIR / "gpu_paper.yaml", ["--segment.merge", "standard_v1"]).segment.merge == "standard_v1"
+
+
 def test_round_trip_with_overrides(tmp_path):
     field = _int_field()
     cfg = parse_run_args(CONFIGS_DIR / "demo.yaml", [
