@@ -5,7 +5,7 @@ and written back next to the results. Parsing is two-stage: `load_config(CONFIG.
 then `tyro.cli(RunConfig, default=loaded, args=rest)` applies `--section.field value` overrides; tyro turns the
 per-field docstrings into `--help`.
 
-The splat section is a preset name plus overrides of `splat.train.TrainConfig`: the preset is resolved first
+The splat section is a preset name plus overrides of `splat.config.TrainConfig`: the preset is resolved first
 (from the command line if given there, else from the YAML), then the YAML's `splat.train` keys, then the
 command line. The written `config.yaml` holds the fully resolved values, so loading it again gives the same run.
 """
@@ -85,7 +85,8 @@ class SplatSection:
     """3D Gaussian splatting with the panoptic-colour regulariser (splat.train)."""
 
     preset: str = "demo"
-    """Named TrainConfig preset from splat.train.PRESETS; the fields under `train` override it."""
+    """Named TrainConfig preset from splat.config.PRESETS (demo, demo_fast, paper, tiny); the fields under `train`
+    override it."""
     train: _TrainConfig = field(default_factory=lambda: _preset_config("demo"))  # type: ignore[valid-type]
     """Training hyper-parameters (resolved: preset + overrides)."""
 
@@ -149,10 +150,10 @@ class RunConfig:
     """Also render RGB at the test poses and run the image segmenter on the renders (the paper's alternative (i));
     auto = when the segmenter can segment images (panst3r), on = required, off = never."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Compute device; auto = CUDA when available."""
+    """Compute device of every stage (segmenter, training, uplifting, rendering); auto = CUDA when available."""
     threads: int = 1
-    """torch CPU threads for the run (0 = torch's default). 1 is the safe choice on small shared machines: measured
-    here, 2 threads on a loaded 2-core box were 2-30x slower than 1 (bench/render.py). Does not change results."""
+    """torch CPU threads for the whole run, training included (0 = torch's default). 1 avoids OpenMP
+    oversubscription on small shared machines (bench/render.py compares thread counts)."""
     output: OutputSection = field(default_factory=OutputSection)
 
 
@@ -179,10 +180,8 @@ _SECTION_CLASSES = {
 
 
 def _preset_config(name: str):
-    if name not in _PRESETS:
-        raise InputError(f"unknown splat preset {name!r}; use one of {', '.join(sorted(_PRESETS))}")
-    preset = _PRESETS[name]
-    return dataclasses.replace(preset) if dataclasses.is_dataclass(preset) else _TrainConfig(**preset)
+    """A fresh copy of splat preset `name` (checked against PRESETS by config_from_dict)."""
+    return dataclasses.replace(_PRESETS[name])
 
 
 # ------------------------------------------------------------------------------------------------

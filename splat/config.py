@@ -10,6 +10,7 @@ from typing import Literal
 
 __all__ = ["TrainConfig", "PRESETS"]
 
+
 @dataclass
 class TrainConfig:
     """3D Gaussian splatting with the panoptic-colour regulariser (defaults: gsplat simple_trainer's)."""
@@ -92,36 +93,20 @@ class TrainConfig:
     """Write ckpt.pt every this many steps (when out_dir is given; 0 = only at the end)."""
     backend: Literal["auto", "gsplat", "torch"] = "auto"
     """Rasteriser backend: auto = gsplat on CUDA, the PyTorch reference on CPU."""
-    threads: int = 0
-    """CPU threads torch uses while training (0 = leave torch's setting). On a shared machine 1 thread avoids
-    OpenMP oversubscription stalls (measured: 2 threads at load 8 ran 30x slower than 1)."""
-    device: str = "cpu"
-    """Device to train on ("cpu", "cuda", "cuda:1", ...); train(device=...) overrides it."""
 
 
-def _preset(**kw) -> TrainConfig:
-    return TrainConfig(**kw)
-
-
-# Presets are data: a full TrainConfig each. "gpu_paper" (= "paper") is 3DGS' 30k-iteration schedule that
-# PanSt3R uses. "cpu" (= "demo") measured with bench/train_demo.py on the synthetic demo scene (64 train views at
-# 256x192), 1 thread, 1-min load ~6 on the 2 shared cores: test PSNR 35.8 dB, panoptic-colour agreement 98.7 %,
-# 293 s, 19k Gaussians. "cpu_fast" (half resolution): 29.1 dB, 96.8 %, 64 s, 15k. "tiny": pipeline smoke tests.
-_CPU = dict(iterations=800, scale=1.0, sh_degree=1, sh_degree_interval=400, lr_means_final=1.6e-5,
-            refine_start=200, refine_stop=600, refine_every=100, reset_every=100_000, max_gaussians=30_000,
-            init_points=20_000, checkpoint_every=200, log_every=10, threads=1)
-_CPU_FAST = dict(iterations=300, scale=0.5, sh_degree=0, sh_degree_interval=1000, lr_means_final=1.6e-5,
-                 refine_start=100, refine_stop=250, refine_every=50, reset_every=100_000, max_gaussians=15_000,
-                 init_points=10_000, checkpoint_every=100, log_every=10, threads=1)
-_TINY = dict(iterations=60, scale=1.0, sh_degree=0, lr_means_final=1.6e-5, refine_start=20, refine_stop=50,
-             refine_every=10, reset_every=100_000, max_gaussians=4000, init_points=2000, checkpoint_every=20,
-             log_every=5, threads=1)
+# Presets are data: a full TrainConfig each, one name each. "paper": 3DGS' 30k-iteration schedule that PanSt3R
+# uses (meant for a GPU). "demo": the CPU schedule of `make demo` (its figures: bench/train_demo.py and the
+# README's measured table). "demo_fast": the same at half resolution. "tiny": pipeline smoke tests.
 PRESETS: dict[str, TrainConfig] = {
-    "cpu": _preset(**_CPU),
-    "cpu_fast": _preset(**_CPU_FAST),
-    "gpu_paper": _preset(device="cuda"),
-    # names the pipeline configs use
-    "demo": _preset(**_CPU),
-    "paper": _preset(device="cuda"),
-    "tiny": _preset(**_TINY),
+    "demo": TrainConfig(iterations=800, scale=1.0, sh_degree=1, sh_degree_interval=400, lr_means_final=1.6e-5,
+                        refine_start=200, refine_stop=600, refine_every=100, reset_every=100_000, max_gaussians=30_000,
+                        init_points=20_000, checkpoint_every=200, log_every=10),
+    "demo_fast": TrainConfig(iterations=300, scale=0.5, sh_degree=0, sh_degree_interval=1000, lr_means_final=1.6e-5,
+                             refine_start=100, refine_stop=250, refine_every=50, reset_every=100_000,
+                             max_gaussians=15_000, init_points=10_000, checkpoint_every=100, log_every=10),
+    "paper": TrainConfig(),
+    "tiny": TrainConfig(iterations=60, scale=1.0, sh_degree=0, lr_means_final=1.6e-5, refine_start=20, refine_stop=50,
+                        refine_every=10, reset_every=100_000, max_gaussians=4000, init_points=2000, checkpoint_every=20,
+                        log_every=5),
 }

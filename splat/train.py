@@ -287,7 +287,7 @@ def _config_dict(cfg: TrainConfig) -> dict:
 def _run_key(cfg: TrainConfig, stems: Sequence[str], with_pan: bool) -> dict:
     """What a checkpoint must match to be resumed (device and logging cadence do not change the maths)."""
     d = _config_dict(cfg)
-    for k in ("device", "eval_every", "checkpoint_every", "threads", "log_every"):
+    for k in ("eval_every", "checkpoint_every", "log_every"):
         d.pop(k)
     return {"config": d, "train": list(stems), "pan": bool(with_pan)}
 
@@ -352,21 +352,16 @@ def train(scene, cfg: TrainConfig | None = None, *, instance_maps: Mapping[str, 
     panoptic colours (λ·L1). With `out_dir`: ckpt.pt (every checkpoint_every steps and at the end),
     gaussians.ply and history.json. `resume` (None = True) continues from a matching ckpt.pt in out_dir.
     `init_points` = (xyz [N, 3], rgb [N, 3] | None) overrides `points_for_scene`. `kill_hook` is called once,
-    halfway, right after a checkpoint (tests use it to die mid-run)."""
+    halfway, right after a checkpoint (tests use it to die mid-run). `device` defaults to the CPU; torch's thread
+    count is the caller's to set (the pipeline sets it once per run)."""
     cfg = cfg or TrainConfig()
-    saved_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _train(scene, cfg, instance_maps, out_dir, resume, progress, device, init_points, kill_hook)
-    finally:
-        torch.set_num_threads(saved_threads)
+    return _train(scene, cfg, instance_maps, out_dir, resume, progress, device, init_points, kill_hook)
 
 
 def _train(scene, cfg: TrainConfig, instance_maps, out_dir, resume, progress, device, init_points,
            kill_hook) -> TrainResult:
     t_start = time.perf_counter()
-    dev = torch.device(device if device is not None else cfg.device)
+    dev = torch.device(device if device is not None else "cpu")
     if cfg.iterations < 0 or cfg.batch_size < 1 or cfg.scale <= 0:
         raise InputError(f"invalid TrainConfig: iterations={cfg.iterations}, batch_size={cfg.batch_size}, "
                          f"scale={cfg.scale}; use iterations >= 0, batch_size >= 1, scale > 0")

@@ -27,9 +27,7 @@ def splat_run(ctx: StageContext, out: Path) -> dict:
     from splat.train import train
 
     cfg = dataclasses.replace(ctx.cfg.splat.train)
-    if hasattr(cfg, "device"):
-        cfg = dataclasses.replace(cfg, device=ctx.device)
-    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None,
+    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None, device=ctx.device,
                    **({"kill_hook": lambda: maybe_kill("splat", "middle")} if _accepts(train, "kill_hook") else {}))
     maybe_kill("splat", "middle")
     return _splat_info(result, out)

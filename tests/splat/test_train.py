@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 
 def _cfg(**kw) -> TrainConfig:
     """The tiny preset, single-threaded (bit-reproducible), no densification unless asked."""
-    base = dict(iterations=30, refine_start=10_000, refine_stop=10_000, threads=1, init_points=1500, log_every=1)
+    base = dict(iterations=30, refine_start=10_000, refine_stop=10_000, init_points=1500, log_every=1)
     return dataclasses.replace(PRESETS["tiny"], **{**base, **kw})
 
 
