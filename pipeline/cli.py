@@ -81,9 +81,10 @@ def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", s
     """Generate a synthetic PanLift-layout scene with simulated segmenter outputs (panoptic_consistent/).
 
     Args:
-        out_dir: Folder to write the scene into.
-        preset: tiny (for tests, seconds) or demo (the `make demo` scene).
-        seed: Random seed; the same seed gives the same scene (default: the preset's, tiny 0, demo 5).
+        out_dir: Folder for the scene; refused if it holds anything but a previous synthetic scene.
+        preset: tiny (24 frames at 96x72, for tests) or demo (80 frames at 256x192, the `make demo` scene).
+        seed: Seed for layout, textures, camera and the SIMULATED segmenter noise; the same seed gives the same
+            scene (default: the preset's, tiny 0, demo 5).
     """
     from . import synth as _synth
 

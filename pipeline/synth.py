@@ -39,7 +39,6 @@ from .common.io import InputError, atomic_dir
 
 __all__ = [
     "SynthConfig",
-    "SynthArgs",
     "PRESETS",
     "GENERATOR",
     "GENERATOR_VERSION",
@@ -111,18 +110,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # class kept apart (seed 0 draws only 3 things)
     "demo": dict(preset="demo", seed=5, num_frames=80, width=256, height=192, num_points=5000),
 }
-
-
-@dataclass
-class SynthArgs:
-    """`python -m pipeline synth`: write a synthetic PanLift-layout scene with SIMULATED segmenter outputs."""
-
-    out_dir: Path
-    """Folder for the scene; refused if it holds anything but a previous synthetic scene."""
-    preset: str = "demo"
-    """`tiny` (24 frames, 96x72, for tests) or `demo` (80 frames, 256x192)."""
-    seed: Optional[int] = None
-    """Seed for layout, textures, camera and the SIMULATED segmenter noise (default: the preset's, tiny 0, demo 5)."""
 
 
 def make_config(preset: str = "demo", seed: Optional[int] = None, **overrides: Any) -> SynthConfig:
@@ -884,11 +871,9 @@ def _noise_settings(cfg: SynthConfig) -> dict:
             "confuse_rate": cfg.sim_confuse_rate, "boundary_px": cfg.sim_boundary_px}
 
 
-def synth_command(out_dir: str | Path | SynthArgs, preset: str = "demo", seed: Optional[int] = None,
-                  **overrides: Any) -> Path:
-    """Generate a synthetic scene (with SIMULATED segmenter outputs) into OUT_DIR and print the time taken."""
-    if isinstance(out_dir, SynthArgs):
-        out_dir, preset, seed = out_dir.out_dir, out_dir.preset, out_dir.seed
+def synth_command(out_dir: str | Path, preset: str = "demo", seed: Optional[int] = None, **overrides: Any) -> Path:
+    """`python -m pipeline synth`: a preset's scene (with SIMULATED segmenter outputs) into OUT_DIR; prints the
+    time taken. `overrides` are SynthConfig fields."""
     cfg = make_config(preset, seed, **overrides)
     t0 = time.perf_counter()
     path = generate(out_dir, cfg, progress=True)
