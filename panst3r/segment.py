@@ -1,6 +1,6 @@
 """Headless PanSt3R segmentation of an image folder: one multi-view pass, consistent ids, files on disk.
 
-The official repository has no headless path (spec §3: its demo only feeds a viser viewer and saves nothing).
+The official repository has no headless path (its demo only feeds a viser viewer and saves nothing).
 `segment_images` runs the same flow — load and crop to the network size, keyframes, `model.infer`, merge,
 cameras — and writes one folder atomically:
 

@@ -1,4 +1,4 @@
-"""Class-name text embeddings for the PanSt3R class head (SigLIP-base text tower, spec §1.9).
+"""Class-name text embeddings for the PanSt3R class head (SigLIP-base text tower).
 
 "This is a photo of {}." -> tokenizer (padding to max length, 64) -> `SiglipTextModel.pooler_output` ->
 L2 normalisation, as the official text encoder. The model comes from a local directory or the user's HF

@@ -147,7 +147,7 @@ def demo(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] = "demo"
 
     Args:
         out: Run directory; the scene goes to OUT/scene.
-        preset: Synthetic scene preset (tiny for a seconds-long smoke run).
+        preset: Synthetic scene preset (tiny: a small scene for a smoke run).
     """
     demo_command(out, preset)
 

@@ -1,8 +1,7 @@
 """Scene-level Panoptic Quality (PQ^scene) and mIoU exactly as the Panoptic Lifting benchmark computes them.
 
 Every number the project reports goes through this module, so it reproduces the published protocol rule
-for rule (written from the notes in ../shared/reference/panlift-benchmark-and-ludvig.md §2, not from
-upstream code):
+for rule (written from the benchmark's description, not from upstream code):
 
 * every label PNG (GT and prediction) is resized to 512×512 with PIL NEAREST, cast to integers, and pixels
   whose GT class is 0 are dropped; all test frames of a scene are concatenated into one pixel list;
@@ -364,7 +363,7 @@ def _miou_from_cm(cm: np.ndarray) -> tuple[float, np.ndarray]:
 
 def miou(pred_sem: np.ndarray, gt_sem: np.ndarray, num_classes: int = NUM_CLASSES, *,
          return_per_class: bool = False) -> float | tuple[float, np.ndarray]:
-    """Scene mIoU (PanLift §2.3): one confusion matrix over all pixels, AND-rule non-robust classes -> NaN,
+    """Scene mIoU as PanLift computes it: one confusion matrix over all pixels, AND-rule non-robust classes -> NaN,
     nanmean. Pixels with GT class 0 are ignored. With `return_per_class`, also the [C] per-class IoUs."""
     value, per_class = _miou_from_cm(confusion_matrix(pred_sem, gt_sem, num_classes))
     return (value, per_class) if return_per_class else value
