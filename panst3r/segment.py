@@ -59,7 +59,7 @@ def load_images(paths: Sequence[Path], size: int = 512, patch: int = 16) -> Load
     """`panst3r.preprocess.load_images` in the official demo's portrait mode (transposed sizes, no rotation),
     with the allowed-size table for a model trained at long side `size`; unreadable files -> InputError."""
     if not paths:
-        raise InputError("no images to segment")
+        raise ValueError("no images to segment")
     try:
         images, infos = _load(list(paths), portrait="native", allowed=allowed_sizes(size, patch))
     except UnreadableImage as e:
@@ -157,9 +157,9 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
     a vocabulary whose names map onto PanLift classes.
     """
     if merge not in MERGES:
-        raise InputError(f"unknown merge method {merge!r}; use one of {', '.join(MERGES)}")
+        raise ValueError(f"unknown merge method {merge!r}; use one of {', '.join(MERGES)}")
     if text_embeddings.ndim != 2 or text_embeddings.shape[0] != len(class_names):
-        raise InputError(f"text embeddings are {tuple(text_embeddings.shape)} but the vocabulary has "
+        raise ValueError(f"text embeddings are {tuple(text_embeddings.shape)} but the vocabulary has "
                          f"{len(class_names)} classes; give one embedding row per class name")
     if len(class_names) > 254:
         raise InputError(f"{len(class_names)} classes do not fit uint8 semantics maps (max 254); shorten the vocabulary")
@@ -168,7 +168,7 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
         raise ValueError(f"class_ids must give one id in 1..255 per class name ({len(class_names)}), got {ids}")
     paths = [Path(p) for p in image_paths]
     if not paths:
-        raise InputError("no images to segment; pass a folder holding .png/.jpg images")
+        raise ValueError("no images to segment; pass a folder holding .png/.jpg images")
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)

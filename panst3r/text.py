@@ -92,7 +92,7 @@ def encode_classes(class_names: Sequence[str], model: str = DEFAULT_TEXT_MODEL, 
     """
     names = [str(n) for n in class_names]
     if not names:
-        raise InputError("empty class list: give at least one class name")
+        raise ValueError("empty class list: give at least one class name")
     if embeddings is not None:
         return load_embeddings(embeddings, names)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

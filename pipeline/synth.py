@@ -115,11 +115,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 def make_config(preset: str = "demo", seed: Optional[int] = None, **overrides: Any) -> SynthConfig:
     """A preset's config with the seed (None: the preset's own) and any field overrides applied."""
     if preset not in PRESETS:
-        raise InputError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
     names = {f.name for f in dataclasses.fields(SynthConfig)}
     bad = sorted(set(overrides) - names)
     if bad:
-        raise InputError(f"unknown SynthConfig field(s) {bad}; valid fields: {sorted(names)}")
+        raise TypeError(f"unknown SynthConfig field(s) {bad}; valid fields: {sorted(names)}")
     return SynthConfig(**{**PRESETS[preset], **({} if seed is None else {"seed": int(seed)}), **overrides})
 
 
@@ -276,7 +276,7 @@ def build_world(cfg: SynthConfig) -> dict:
 
     lo, hi = cfg.num_objects
     if lo < 2 or hi < lo:
-        raise InputError(f"num_objects={cfg.num_objects}: need 2 <= min <= max (two stuff objects are always placed)")
+        raise ValueError(f"num_objects={cfg.num_objects}: need 2 <= min <= max (two stuff objects are always placed)")
     n_target = int(rng.integers(lo, hi + 1))
     classes = [int(rng.choice([_TABLE, _CABINET])), int(rng.choice([_TABLE, _CABINET]))]
     thing_cls, thing_w = zip(*_THING_WEIGHTS.items())
@@ -757,7 +757,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
         raise InputError(f"{out_dir}: exists and is not a synthetic scene (no scene_meta.json from {GENERATOR}); "
                          f"choose a new or empty folder")
     if cfg.num_frames < 1 or cfg.width < 8 or cfg.height < 8:
-        raise InputError(f"synthetic config: need num_frames >= 1 and an image of at least 8x8 pixels, got "
+        raise ValueError(f"synthetic config: need num_frames >= 1 and an image of at least 8x8 pixels, got "
                          f"{cfg.num_frames} frames at {cfg.width}x{cfg.height}")
     world = build_world(cfg)
     K = intrinsics(cfg)

@@ -62,7 +62,7 @@ def validate_segment_inputs(ctx: StageContext) -> None:
             raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
                              "file (one class name a line) or a .pt of names + embeddings (panst3r.text.save_embeddings)")
     else:  # tyro/YAML already restrict it; kept for programmatic configs
-        raise InputError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
+        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:

@@ -390,10 +390,12 @@ def test_refuses_foreign_folder_and_replaces_previous_scene(tmp_path, capsys):
     assert "written to" in capsys.readouterr().out
     synth_command(empty, preset="tiny", num_frames=2, seed=3)  # a previous synthetic scene is replaced
     assert len(list((empty / "color").glob("*.jpg"))) == 2
-    with pytest.raises(InputError, match="unknown synthetic preset"):
+    # a bad preset name or field can only come from code (the CLI offers tiny/demo): API errors, not InputError
+    with pytest.raises(ValueError, match=r"unknown synthetic preset 'huge'; choose one of \['demo', 'tiny'\]"):
         synth_command(tmp_path / "x", preset="huge")
-    with pytest.raises(InputError, match="unknown SynthConfig field"):
+    with pytest.raises(TypeError, match=r"unknown SynthConfig field\(s\) \['frames'\]"):
         synth_command(tmp_path / "x", preset="tiny", frames=3)
+    assert not (tmp_path / "x").exists()
 
 
 def test_loads_through_scene_reader(tiny):
