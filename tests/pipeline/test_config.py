@@ -38,6 +38,15 @@ def test_shipped_configs_resolve_their_presets():
     assert paper.device == "cuda" and paper.splat.train.iterations == 30_000
 
 
+def test_benchmark_table_runs_one_scene_config_for_every_dataset():
+    """configs/panlift.yaml (the table) points every dataset at the one PanLift scene config, which loads."""
+    spec = yaml.safe_load((CONFIGS_DIR / "panlift.yaml").read_text())
+    paths = {name: ds["config"] for name, ds in spec["datasets"].items()}
+    assert set(paths) == {"hypersim", "replica", "scannet"} and set(paths.values()) == {"configs/panlift_scene.yaml"}
+    cfg = load_config(CONFIGS_DIR.parent / "configs/panlift_scene.yaml")
+    assert cfg.segment.kind == "panst3r" and cfg.splat.preset == "paper"
+
+
 def test_presets_are_distinct_and_device_threads_are_run_settings():
     """One name per preset (no aliases), and device/threads exist once: in the run config, not in TrainConfig."""
     assert sorted(PRESETS) == ["demo", "demo_fast", "paper", "tiny"]
