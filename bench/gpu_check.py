@@ -3,7 +3,8 @@ through the whole pipeline, each part in its own subprocess under its own timeou
 
     python bench/gpu_check.py OUTDIR [--dry-run] [--budget-s 540] [--splat-iterations N]
 
-Writes OUTDIR/gpu_check.json (rewritten as each part ends) and OUTDIR/gpu_check.log (every part's output).
+Writes OUTDIR/gpu_check.json (rewritten as each part ends) and OUTDIR/gpu_check.log (every part's output) and
+nothing else there; the scene (thousands of files) and the run go to --work (default: TMPDIR/gpu_check_work).
 Parts, in order (the scene is generated in the background from the start, while gsplat compiles):
   environment    python/torch/CUDA versions, GPU, nvcc; gsplat's JIT build (MAX_JOBS=16), timed
   agreement      splat.agreement: torch backend vs gsplat on CUDA, 3 scenes x channels 1/3/32/200 and SH RGB,
@@ -21,45 +22,42 @@ recorded) and gsplat is replaced by the float64 torch backend (agreement) or the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # bench/uplift.py would otherwise shadow the `uplift` package
-else:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))
 
 TARGETS = {"splat_s": 180.0, "segment_splat_uplift_render_s": 240.0, "uplift_over_forward": 2.0}
 GPU = dict(frames=375, width=512, height=384, points=100_000, agree_n=(3000, 8000, 20000), agree_size=(128, 96),
            speed_n=200_000, speed_size=(512, 384), speed_repeats=5, uplift_torch_views=40, cells=(12, 12, 6),
            caps=dict(environment=330, agreement=90, backend_speed=90, synth=330, uplift=90))
 DRY = dict(frames=24, width=96, height=72, points=2000, agree_n=(200, 300, 400), agree_size=(32, 24),
-           speed_n=2000, speed_size=(64, 48), speed_repeats=2, uplift_torch_views=5, cells=(6, 6, 4), splat_iterations=30,
-           caps=dict(environment=60, agreement=60, backend_speed=60, synth=60, uplift=60))
-CHANNELS = (1, 3, 32, 200)
+           speed_n=2000, speed_size=(64, 48), speed_repeats=2, uplift_torch_views=5, cells=(6, 6, 4),
+           splat_iterations=30, caps=dict(environment=60, agreement=60, backend_speed=60, synth=60, uplift=60))
 
 __all__ = ["main", "TARGETS"]
 
 
-# ------------------------------------------------------------------------------------------------
-# orchestration (no torch in this process: every part runs in a child that a timeout can kill)
-# ------------------------------------------------------------------------------------------------
+# ---- orchestration (no torch in this process: every part runs in a child that a timeout can kill)
 
 
 class Report:
     """gpu_check.json rewritten after every part, gpu_check.log appended with every child's output."""
 
-    def __init__(self, out: Path, meta: dict):
-        self.out = out
+    def __init__(self, out: Path, work: Path, meta: dict):
+        self.out, self.work = out, work
         self.path = out / "gpu_check.json"
         self.log_path = out / "gpu_check.log"
         self.log_fh = open(self.log_path, "a", buffering=1)
@@ -82,9 +80,26 @@ class Report:
         write_json(self.path, self.data)
 
 
+@functools.lru_cache(maxsize=1)
+def _compute_capability() -> str | None:
+    """The GPU's compute capability ("9.0") from nvidia-smi, without importing torch; None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    cap = out.stdout.split()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    return cap if re.fullmatch(r"\d+\.\d+", cap) else None
+
+
 def _child_env() -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("MAX_JOBS", str(min(16, os.cpu_count() or 1)))
+    # Every child must compile gsplat with the same flags, or the next one to import it rebuilds it: this GPU's
+    # architecture only (torch's default adds PTX), fixed here once for all of them.
+    cap = _compute_capability()
+    if cap and "TORCH_CUDA_ARCH_LIST" not in env:
+        env["TORCH_CUDA_ARCH_LIST"] = cap
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 
@@ -112,26 +127,29 @@ def run_child(report: Report, cmd: list[str], timeout: float) -> tuple[int | Non
 
 
 def run_part(report: Report, name: str, ctx: dict, timeout: float) -> dict:
-    """One python part (`--part NAME`) in a child; its result JSON becomes the part's entry."""
+    """One part of bench/gpu_parts.py in a child; its result JSON becomes the part's entry."""
     if timeout < 5:
         entry = {"status": "skipped", "reason": f"budget spent ({timeout:.0f} s left for this part)"}
         report.record(name, entry)
         return entry
-    res = report.out / "parts" / f"{name}.json"
+    res = report.work / "parts" / f"{name}.json"
     res.parent.mkdir(exist_ok=True)
     res.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--result", str(res), "--ctx", json.dumps(ctx)]
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_parts.py"), name, "--result", str(res), "--ctx", json.dumps(ctx)]
     rc, wall, text = run_child(report, cmd, timeout)
     entry: dict = {"wall_s": round(wall, 2), "timeout_s": round(timeout, 1)}
     if rc is None:
         entry.update(status="timeout", error=f"killed after {timeout:.0f} s")
+        if res.is_file():  # what the part had finished when it was killed
+            entry["partial_result"] = json.loads(res.read_text())
     elif rc != 0 or not res.is_file():
         tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or ["no output"]
         entry.update(status="failed", error=f"exit code {rc}: {tail[0][:300]}")
     else:
         result = json.loads(res.read_text())
-        entry.update(status=result.pop("status", "ok"), **({"error": result.pop("error")} if "error" in result else {}),
-                     result=result)
+        entry.update(status=result.pop("status", "ok"), result=result)
+        if "error" in result:
+            entry["error"] = result.pop("error")
     report.record(name, entry)
     return entry
 
@@ -142,8 +160,8 @@ class GpuSampler:
     def __init__(self, period: float = 0.5):
         self.samples: list[tuple[float, float]] = []
         self.period, self._stop = period, threading.Event()
-        self.available = self._read() is not None
         self.baseline = self._read()
+        self.available = self.baseline is not None
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     @staticmethod
@@ -239,14 +257,19 @@ def run_pipeline_part(report: Report, args, sizes: dict, scene: Path, run_dir: P
 def run_check(args) -> dict:
     sizes = DRY if args.dry_run else GPU
     out = Path(args.outdir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work).resolve()
+    for d in (out, work):
+        d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     deadline = t0 + args.budget_s
     left = lambda reserve=0.0: deadline - time.perf_counter() - reserve  # noqa: E731
-    scene, run_dir = out / "scene", out / "run"
+    tag = f"{sizes['frames']}x{sizes['width']}x{sizes['height']}"
+    scene, run_dir = work / f"scene_{tag}", work / f"run_{tag}"  # a scene of the same size is reused
+    shutil.rmtree(run_dir, ignore_errors=True)  # a cached run would report its old stage times
     meta = {"dry_run": bool(args.dry_run), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "budget_s": args.budget_s, "targets": TARGETS, "sizes": {k: v for k, v in sizes.items() if k != "caps"}}
-    report = Report(out, meta)
+            "budget_s": args.budget_s, "work": str(work), "targets": TARGETS,
+            "sizes": {k: v for k, v in sizes.items() if k != "caps"}}
+    report = Report(out, work, meta)
     caps = sizes["caps"]
     ctx = {"dry_run": bool(args.dry_run), "sizes": sizes, "scene": str(scene), "run_dir": str(run_dir)}
 
@@ -288,227 +311,7 @@ def run_check(args) -> dict:
     return report.data
 
 
-# ------------------------------------------------------------------------------------------------
-# parts (each runs in a child process: `gpu_check.py --part NAME --result FILE --ctx JSON`)
-# ------------------------------------------------------------------------------------------------
-
-
-def _settings(dry_run: bool):
-    """(test, reference) rasteriser settings: torch vs gsplat on CUDA; float32 vs float64 torch in a dry run."""
-    import torch
-
-    from splat.agreement import Setting
-
-    if dry_run:
-        return Setting("torch", "cpu", torch.float32), Setting("torch", "cpu", torch.float64)
-    return Setting("torch", "cuda", torch.float32), Setting("gsplat", "cuda", torch.float32)
-
-
-def _name(setting) -> str:
-    return f"{setting.backend} {setting.device} {str(setting.dtype).replace('torch.', '')}"
-
-
-def part_environment(ctx: dict) -> dict:
-    import importlib.metadata as md
-    import platform
-    import shutil
-
-    import torch
-
-    info: dict = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-                  "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
-    for pkg in ("gsplat", "numpy", "tyro", "plyfile", "pytorch-msssim", "jaxtyping", "typeguard"):
-        try:
-            info[f"{pkg}_version"] = md.version(pkg)
-        except md.PackageNotFoundError:
-            info[f"{pkg}_version"] = None
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        info["nvcc"] = ([ln for ln in ver.splitlines() if "release" in ln] or [ver.strip()[-80:]])[0].strip()
-    if not torch.cuda.is_available():
-        info["gsplat_build"] = {"status": "skipped", "reason": "no CUDA device: gsplat compiles and runs on CUDA only"}
-        return info
-    props = torch.cuda.get_device_properties(0)
-    major, minor = torch.cuda.get_device_capability(0)
-    info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), capability=f"{major}.{minor}")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")  # this GPU only: a shorter build
-    info["max_jobs"], info["arch_list"] = os.environ.get("MAX_JOBS"), os.environ["TORCH_CUDA_ARCH_LIST"]
-    t0 = time.perf_counter()
-    from gsplat.cuda._backend import _C  # the JIT compile happens on this import
-
-    info["gsplat_build"] = {"status": "ok" if _C is not None else "failed", "build_s": round(time.perf_counter() - t0, 1)}
-    if _C is None:
-        return {"status": "failed", "error": "gsplat found no CUDA toolkit (nvcc); its CUDA backend is disabled", **info}
-    return info
-
-
-def part_agreement(ctx: dict) -> dict:
-    import torch
-
-    from splat.agreement import TOLERANCE, compare_settings, random_scene, row_cameras
-
-    torch.set_num_threads(1)
-    sz = ctx["sizes"]
-    test, ref = _settings(ctx["dry_run"])
-    # scenes: mid-size Gaussians, big overlapping ones (long per-pixel lists), small faint ones (threshold edges)
-    kinds = [dict(size=(0.01, 0.08), opac=(0.05, 0.99)), dict(size=(0.05, 0.3), opac=(0.2, 0.99)),
-             dict(size=(0.005, 0.03), opac=(0.01, 0.5))]
-    w, h = sz["agree_size"]
-    cams = row_cameras(w, h, 0.85 * w, 3)
-    cases = []
-    for i, (n, kind) in enumerate(zip(sz["agree_n"], kinds)):
-        g = random_scene(n, seed=100 + i, **kind)
-        for c in (*CHANNELS, None):
-            gen = torch.Generator().manual_seed(1000 * i + (c or 0))
-            feats = None if c is None else torch.rand(n, c, generator=gen, dtype=torch.float64)
-            bg = torch.rand(3 if c is None else c, generator=gen, dtype=torch.float64)
-            errs = compare_settings(g, cams, feats, bg, test, ref)
-            worst = max(errs, key=errs.get)
-            cases.append({"scene": i, "gaussians": n, "channels": c if c else "SH RGB", "max_error": errs[worst],
-                          "worst": worst, "errors": errs})
-    bad = [c for c in cases if not c["max_error"] <= TOLERANCE]
-    out = {"test": _name(test), "reference": _name(ref), "tolerance": TOLERANCE, "image": [w, h], "cameras": 3,
-           "max_error": max(c["max_error"] for c in cases), "passed": not bad, "cases": cases}
-    if bad:
-        out.update(status="failed", error=f"{len(bad)} of {len(cases)} cases above {TOLERANCE:g} (worst "
-                                         f"{max(c['max_error'] for c in bad):.2e} in {bad[0]['worst']})")
-    return out
-
-
-def _bench_module(name: str):
-    """A bench/ script as a module (bench/ is no package; its file names clash with the project's packages)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def part_backend_speed(ctx: dict) -> dict:
-    import torch
-
-    bench_render = _bench_module("render")
-    torch.set_num_threads(1)
-    sz = ctx["sizes"]
-    test, ref = _settings(ctx["dry_run"])
-    if ctx["dry_run"]:  # bench_case renders float32: the dry run times the torch backend against itself
-        ref = test
-    w, h = sz["speed_size"]
-    times = {}
-    for role, s in (("test", test), ("reference", ref)):
-        (tf, _), (tfb, _), info = bench_render.bench_case(sz["speed_n"], w, h, s.backend, s.device, sz["speed_repeats"])
-        times[role] = {"setting": _name(s), "forward_s": tf, "forward_backward_s": tfb, **info}
-    ta, tb = times["test"], times["reference"]
-    return {"gaussians": sz["speed_n"], "image": [w, h], "repeats": sz["speed_repeats"], "times": times,
-            "ratio_forward": ta["forward_s"] / tb["forward_s"],
-            "ratio_forward_backward": ta["forward_backward_s"] / tb["forward_backward_s"],
-            **({"note": "dry run: no gsplat, the torch backend timed against itself"} if ctx["dry_run"] else {})}
-
-
-def cell_labels(scene, frames, cells: tuple[int, int, int], lo, hi) -> list:
-    """Multi-view-consistent instance ids from geometry: each pixel's back-projected depth point -> 1 + the index
-    of its cell in a grid of `cells` over the box [lo, hi]; 0 where there is no depth. Hundreds of ids that agree
-    across views, which is what uplifting needs (a segmenter's few instances would not load it)."""
-    import numpy as np
-
-    n = np.asarray(cells)
-    out = []
-    for f in frames:
-        z = scene.load_depth(f.stem).astype(np.float64)  # [H, W]
-        h, w = z.shape
-        u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)  # pixel centres (+0.5 convention)
-        K, c2w = np.asarray(f.K, np.float64), np.asarray(f.c2w, np.float64)
-        cam = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], -1)  # [H, W, 3]
-        p = cam @ c2w[:3, :3].T + c2w[:3, 3]
-        idx = np.clip(np.floor((p - lo) / np.maximum(hi - lo, 1e-9) * n), 0, n - 1).astype(np.int64)
-        lab = 1 + (idx[..., 0] * n[1] + idx[..., 1]) * n[2] + idx[..., 2]
-        out.append(np.where(np.isfinite(z) & (z > 0), lab, 0))
-    return out
-
-
-def _uplift_inputs(ctx: dict):
-    """Scene, train cameras, 3D-cell labels and Gaussians (the pipeline's trained PLY, else a random init)."""
-    import numpy as np
-    import torch
-
-    from pipeline.scene import load_scene
-    from splat.render import Cameras
-
-    bench_uplift = _bench_module("uplift")
-    scene = load_scene(Path(ctx["scene"]))
-    frames = scene.train_frames
-    pts = bench_uplift.read_points(scene.points)
-    labels = cell_labels(scene, frames, tuple(ctx["sizes"]["cells"]), pts.min(0), pts.max(0))
-    ply = Path(ctx["run_dir"]) / "splat" / "gaussians.ply"
-    if ply.is_file():
-        g, src = bench_uplift.load_gaussians(ply), str(ply)
-    else:
-        n = 5000 if ctx["dry_run"] else 500_000
-        g, src = bench_uplift.random_gaussians(pts, n), f"random init around points3d.ply ({n:,}): no trained PLY"
-    dev = "cpu" if ctx["dry_run"] else "cuda"
-    g = {k: v.detach().to(dev, torch.float32) for k, v in g.items()}
-    k_all = len(np.setdiff1d(np.unique(np.concatenate([np.unique(lb) for lb in labels])), [0]))
-    return scene, Cameras.from_frames(frames), labels, g, src, k_all
-
-
-def part_uplift(ctx: dict) -> dict:
-    import numpy as np
-    import torch
-
-    from splat.render import render
-    from uplift.ludvig import uplift
-
-    torch.set_num_threads(1)
-    scene, cams, labels, g, src, k_all = _uplift_inputs(ctx)
-    cuda = not ctx["dry_run"]
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    n_all, n_sub = len(labels), ctx["sizes"]["uplift_torch_views"] or len(labels)
-    # (backend, method, views): the pipeline's choice first (gsplat + grad on CUDA, torch + direct on CPU)
-    plan = ([("gsplat", "grad", n_all), ("torch", "direct", min(n_sub, n_all)), ("gsplat", "grad", min(n_sub, n_all))]
-            if cuda else [("torch", "direct", min(n_sub, n_all)), ("torch", "grad", min(n_sub, n_all))])
-    forward: dict = {}
-    runs, labels_by = [], {}
-    with torch.no_grad():
-        render(g, cams[0], None, backend=plan[0][0], render_depth=False)  # warm-up (CUDA context, kernels)
-    for backend, method, nv in plan:
-        if (backend, nv) not in forward:
-            sync()
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                for i in range(nv):
-                    render(g, cams[i], None, backend=backend, render_depth=False)
-            sync()
-            forward[(backend, nv)] = time.perf_counter() - t0
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        sync()
-        t0 = time.perf_counter()
-        res = uplift(g, cams[:nv], labels[:nv], backend=backend, method=method, progress=False)
-        sync()
-        dt = time.perf_counter() - t0
-        labels_by[(backend, method, nv)] = res.label
-        runs.append({"backend": backend, "method": method, "views": nv, "labels": int(res.num_labels),
-                     "forward_s": forward[(backend, nv)], "uplift_s": dt, "ratio": dt / forward[(backend, nv)],
-                     "labelled_fraction": float(res.labelled.mean()),
-                     "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None})
-    (a, b) = [k for k in labels_by if k[2] == plan[1][2]][-2:]
-    same = float(np.mean(labels_by[a] == labels_by[b]))
-    return {"gaussians": int(g["means"].shape[0]), "gaussians_from": src, "train_views": n_all,
-            "image": [cams.width, cams.height], "instances": k_all, "labels": "3D cells of the depth maps "
-            f"{tuple(ctx['sizes']['cells'])} (multi-view consistent; not the segmenter's)", "runs": runs,
-            "ratio": runs[0]["ratio"], "argmax_agreement": {"between": [" ".join(map(str, a)), " ".join(map(str, b))],
-                                                            "fraction_equal": same}}
-
-
-PARTS = {"environment": part_environment, "agreement": part_agreement, "backend_speed": part_backend_speed,
-         "uplift": part_uplift}
-
-
-# ------------------------------------------------------------------------------------------------
-# summary
-# ------------------------------------------------------------------------------------------------
+# ---- summary
 
 
 def summarise(data: dict) -> dict:
@@ -553,21 +356,13 @@ def summary_lines(data: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("outdir", nargs="?", help="folder for gpu_check.json, gpu_check.log, the scene and the run")
+    ap.add_argument("outdir", help="folder for gpu_check.json and gpu_check.log (nothing else)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "gpu_check_work"),
+                    help="folder for the scene (reused when it has the same size), the run and the parts' results")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny scene, torch backend (what the test suite runs)")
     ap.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the whole check")
     ap.add_argument("--splat-iterations", type=int, default=0, help="override the preset's splat iterations (0: keep)")
-    ap.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
-    ap.add_argument("--ctx", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.part:
-        from pipeline.common.io import write_json
-
-        write_json(args.result, PARTS[args.part](json.loads(args.ctx)))
-        return 0
-    if not args.outdir:
-        ap.error("OUTDIR is required")
     data = run_check(args)
     return 0 if all(v["status"] in ("ok", "skipped") for v in data["parts"].values()) else 1
 

@@ -19,7 +19,7 @@ __all__ = ["Setting", "TOLERANCE", "random_scene", "row_cameras", "render_with_g
            "compare_settings"]
 
 TOLERANCE = 1e-4
-"""Largest relative error ‖a − b‖ / ‖b‖ accepted between two float32 rasterisers for any output or gradient."""
+"""Largest relative error ‖a − b‖ / ‖b‖ accepted between two float32 rasterisers, for any output or gradient."""
 
 
 class Setting(NamedTuple):

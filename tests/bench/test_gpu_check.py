@@ -1,4 +1,4 @@
-"""bench/gpu_check.py: its --dry-run (CPU, tiny scene) end to end, so the GPU check cannot rot between GPU runs,
+"""bench/gpu_check.py (+ bench/gpu_parts.py): its --dry-run (CPU, tiny scene) end to end, so the GPU check cannot rot between GPU runs,
 plus its timeout path and the pieces it computes itself."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ SCRIPT = ROOT / "bench" / "gpu_check.py"
 PARTS = {"environment", "agreement", "backend_speed", "synth", "pipeline", "uplift"}
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("bench_gpu_check", SCRIPT)
+def _module(name: str = "gpu_check"):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -29,7 +29,8 @@ def _module():
 
 def _run(out: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, str(SCRIPT), str(out), "--dry-run", *extra], cwd=ROOT, env=env,
+    cmd = [sys.executable, str(SCRIPT), str(out / "report"), "--dry-run", "--work", str(out / "work"), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,7 +43,8 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     proc = _run(out, "--budget-s", "200")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, json.loads((out / "gpu_check.json").read_text()), proc.stdout
+    assert sorted(p.name for p in (out / "report").iterdir()) == ["gpu_check.json", "gpu_check.log"]
+    return out / "work", json.loads((out / "report" / "gpu_check.json").read_text()), proc.stdout
 
 
 def test_dry_run_records_every_part_with_real_numbers(dry_run):
@@ -54,7 +56,8 @@ def test_dry_run_records_every_part_with_real_numbers(dry_run):
 
     env = parts["environment"]["result"]
     assert env["torch"] and env["cuda_available"] is False
-    assert env["gsplat_build"] == {"status": "skipped", "reason": "no CUDA device: gsplat compiles and runs on CUDA only"}
+    assert env["gsplat_build"] == {"status": "skipped",
+                                   "reason": "no CUDA device: gsplat compiles and runs on CUDA only"}
 
     agree = parts["agreement"]["result"]
     assert (agree["test"], agree["reference"]) == ("torch cpu float32", "torch cpu float64")
@@ -72,10 +75,10 @@ def test_dry_run_records_every_part_with_real_numbers(dry_run):
 
 def test_dry_run_pipeline_and_uplift_figures(dry_run):
     out, data, stdout = dry_run
-    meta = json.loads((out / "scene" / "scene_meta.json").read_text())["config"]
+    meta = json.loads((out / "scene_24x96x72" / "scene_meta.json").read_text())["config"]
     assert (meta["num_frames"], meta["width"], meta["height"], meta["num_points"]) == (24, 96, 72, 2000)  # CLI flags
     pipe = data["parts"]["pipeline"]["result"]
-    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    metrics = json.loads((out / "run_24x96x72" / "metrics.json").read_text())
     assert {k: v["wall_s"] for k, v in pipe["stages"].items()} == metrics["timings_s"]
     assert set(pipe["stages"]) >= {"segment", "splat", "uplift", "render", "evaluate"}
     assert pipe["splat_s"] == metrics["timings_s"]["splat"] > 0
@@ -84,7 +87,7 @@ def test_dry_run_pipeline_and_uplift_figures(dry_run):
     assert pipe["num_gaussians"] > 0 and _finite(pipe["psnr"]) and 0.0 <= pipe["pq"]["pq"] <= 1.0
     assert all(_finite(s["peak_rss_mb"]) for s in pipe["stages"].values())
     assert pipe["peak_gpu_mb"] is None  # no nvidia-smi in a dry run
-    history = json.loads((out / "run" / "splat" / "history.json").read_text())
+    history = json.loads((out / "run_24x96x72" / "splat" / "history.json").read_text())
     assert history[-1]["step"] == 30  # the dry run's iteration override reached the trainer
 
     up = data["parts"]["uplift"]["result"]
@@ -97,14 +100,14 @@ def test_dry_run_pipeline_and_uplift_figures(dry_run):
     checks = data["summary"]["checks"]
     assert checks["splat_s"]["value"] == pipe["splat_s"] and checks["uplift_over_forward"]["value"] == up["ratio"]
     assert data["summary"]["applies"] is False and "DRY RUN" in stdout
-    log = (out / "gpu_check.log").read_text()
+    log = (out.parent / "report" / "gpu_check.log").read_text()
     assert all(f"== {p}:" in log for p in PARTS) and "pipeline run" in log
 
 
 def test_spent_budget_is_recorded_and_nothing_hangs(tmp_path):
     proc = _run(tmp_path, "--budget-s", "2", timeout=60)
     assert proc.returncode == 1  # the scene generator was killed at the budget
-    parts = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]
+    parts = json.loads((tmp_path / "report" / "gpu_check.json").read_text())["parts"]
     assert set(parts) == PARTS
     assert parts["synth"]["status"] == "timeout"
     assert parts["environment"]["status"] == "skipped" and "budget spent" in parts["environment"]["reason"]
@@ -114,13 +117,13 @@ def test_spent_budget_is_recorded_and_nothing_hangs(tmp_path):
 def test_cell_labels_hand_computed():
     # camera at the origin looking down +z at a wall 2 m away; grid 2x2x2 over [-10, 10] x [-10, 10] x [0, 4]:
     # z = 2 -> iz = 1; x < 0 left of the principal point -> ix = 0, else 1; likewise y -> iy
-    gc = _module()
+    gp = _module("gpu_parts")
     K = np.array([[10.0, 0, 2.0], [0, 10.0, 1.0], [0, 0, 1]])
     frame = SimpleNamespace(stem="0", K=K, c2w=np.eye(4))
     depth = np.full((2, 4), 2.0, np.float32)
     depth[0, 0] = 0.0  # no depth -> void
     scene = SimpleNamespace(load_depth=lambda stem: depth)
-    (lab,) = gc.cell_labels(scene, [frame], (2, 2, 2), np.array([-10.0, -10, 0]), np.array([10.0, 10, 4]))
+    (lab,) = gp.cell_labels(scene, [frame], (2, 2, 2), np.array([-10.0, -10, 0]), np.array([10.0, 10, 4]))
     # label = 1 + (ix*2 + iy)*2 + iz; row 0 (y centre 0.5 < cy 1) -> iy 0, row 1 -> iy 1; cols 0,1 -> ix 0, 2,3 -> 1
     assert lab.tolist() == [[0, 2, 6, 6], [4, 4, 8, 8]]
 
