@@ -104,6 +104,17 @@ def _child_env() -> dict:
     return env
 
 
+_LIVE: set = set()  # children running now; killed (with their process groups) when the check ends early
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: nothing else is in this group
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def run_child(report: Report, cmd: list[str], timeout: float) -> tuple[int | None, float, str]:
     """Run cmd in its own process group, output appended to the log; kill the group at the timeout.
     Returns (exit code or None on timeout, wall seconds, the output it wrote)."""
@@ -112,12 +123,14 @@ def run_child(report: Report, cmd: list[str], timeout: float) -> tuple[int | Non
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(), stdout=report.log_fh, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    _LIVE.add(proc)
     try:
         rc = proc.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill(proc)
         rc = None
+    finally:
+        _LIVE.discard(proc)
     wall = time.perf_counter() - t0
     report.log_fh.flush()
     with open(report.log_path) as fh:
@@ -126,12 +139,21 @@ def run_child(report: Report, cmd: list[str], timeout: float) -> tuple[int | Non
     return rc, wall, text
 
 
-def run_part(report: Report, name: str, ctx: dict, timeout: float) -> dict:
+def _skipped(report: Report, name: str, skip: str | None, timeout: float) -> dict | None:
+    """Record `name` as skipped (for `skip`, or a spent budget) and return its entry; None: run it."""
+    reason = skip or (f"budget spent ({timeout:.0f} s left for this part)" if timeout < 5 else None)
+    if reason is None:
+        return None
+    entry = {"status": "skipped", "reason": reason}
+    report.record(name, entry)
+    return entry
+
+
+def run_part(report: Report, name: str, ctx: dict, timeout: float, skip: str | None = None) -> dict:
     """One part of bench/gpu_parts.py in a child; its result JSON becomes the part's entry."""
-    if timeout < 5:
-        entry = {"status": "skipped", "reason": f"budget spent ({timeout:.0f} s left for this part)"}
-        report.record(name, entry)
-        return entry
+    skipped = _skipped(report, name, skip, timeout)
+    if skipped:
+        return skipped
     res = report.work / "parts" / f"{name}.json"
     res.parent.mkdir(exist_ok=True)
     res.unlink(missing_ok=True)
@@ -226,7 +248,8 @@ def _last_progress(text: str) -> dict | None:
             "projected_s": round(el * int(total) / int(n), 1) if int(n) else None}
 
 
-def run_pipeline_part(report: Report, args, sizes: dict, scene: Path, run_dir: Path, timeout: float) -> dict:
+def run_pipeline_part(report: Report, args, sizes: dict, scene: Path, run_dir: Path, timeout: float,
+                      skip: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "pipeline", "run", str(ROOT / "configs" / "gpu_paper.yaml"), "--scene.path",
            str(scene), "--segment.kind", "simulated", "--output.dir", str(run_dir)]
     if args.dry_run:
@@ -234,10 +257,9 @@ def run_pipeline_part(report: Report, args, sizes: dict, scene: Path, run_dir: P
     iterations = args.splat_iterations or sizes.get("splat_iterations")
     if iterations:
         cmd += ["--splat.train.iterations", str(iterations)]
-    if timeout < 5:
-        entry = {"status": "skipped", "reason": f"budget spent ({timeout:.0f} s left)"}
-        report.record("pipeline", entry)
-        return entry
+    skipped = _skipped(report, "pipeline", skip, timeout)
+    if skipped:
+        return skipped
     with GpuSampler() as sampler:
         rc, wall, text = run_child(report, cmd, timeout)
     entry: dict = {"wall_s": round(wall, 2), "timeout_s": round(timeout, 1), "command": " ".join(cmd[1:])}
@@ -249,20 +271,19 @@ def run_pipeline_part(report: Report, args, sizes: dict, scene: Path, run_dir: P
         entry.update(status="timeout" if rc is None else "failed",
                      error=f"killed after {timeout:.0f} s" if rc is None else f"exit code {rc}",
                      result={"splat_progress": _last_progress(text),
-                             "finished_stages": sorted(p.parent.name for p in run_dir.glob("*/manifest.json"))})
+                             "finished_stages": sorted(p.parent.name for p in run_dir.glob("*/manifest.json")),
+                             "peak_gpu_mb": sampler.peak_between(0, float("inf")) if sampler.available else None})
     report.record("pipeline", entry)
     return entry
 
 
 def run_check(args) -> dict:
     sizes = DRY if args.dry_run else GPU
-    out = Path(args.outdir).resolve()
-    work = Path(args.work).resolve()
+    out, work = Path(args.outdir).resolve(), Path(args.work).resolve()
     for d in (out, work):
         d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    deadline = t0 + args.budget_s
-    left = lambda reserve=0.0: deadline - time.perf_counter() - reserve  # noqa: E731
+    left = lambda reserve=0.0: t0 + args.budget_s - time.perf_counter() - reserve  # noqa: E731
     tag = f"{sizes['frames']}x{sizes['width']}x{sizes['height']}"
     scene, run_dir = work / f"scene_{tag}", work / f"run_{tag}"  # a scene of the same size is reused
     shutil.rmtree(run_dir, ignore_errors=True)  # a cached run would report its old stage times
@@ -272,37 +293,36 @@ def run_check(args) -> dict:
     report = Report(out, work, meta)
     caps = sizes["caps"]
     ctx = {"dry_run": bool(args.dry_run), "sizes": sizes, "scene": str(scene), "run_dir": str(run_dir)}
-
     # the scene generator (one CPU core) runs beside the gsplat build and the two GPU micro-checks
     synth_cmd = [sys.executable, "-m", "pipeline", "synth", str(scene), "--preset", "tiny" if args.dry_run else "demo",
                  "--num-frames", str(sizes["frames"]), "--width", str(sizes["width"]), "--height",
                  str(sizes["height"]), "--num-points", str(sizes["points"])]
-    synth_box: dict = {}
-    synth_thread = threading.Thread(target=lambda: synth_box.update(
-        zip(("rc", "wall", "text"), run_child(report, synth_cmd, min(caps["synth"], left())))), daemon=True)
+    synth: dict = {}
+    thread = threading.Thread(target=lambda: synth.update(zip(("rc", "wall", "text"), run_child(
+        report, synth_cmd, min(caps["synth"], left())))), daemon=True)
     generate = not (scene / "splits.json").is_file()
-    if generate:
-        synth_thread.start()
-
-    run_part(report, "environment", ctx, min(caps["environment"], left(60)))
-    run_part(report, "agreement", ctx, min(caps["agreement"], left(60)))
-    run_part(report, "backend_speed", ctx, min(caps["backend_speed"], left(60)))
-
-    if generate:
-        synth_thread.join()
-        rc = synth_box.get("rc", "not started")
-        ok = rc == 0
-        report.record("synth", {"status": "ok" if ok else ("timeout" if rc is None else "failed"),
-                                "wall_s": round(synth_box.get("wall", 0.0), 2), "command": " ".join(synth_cmd[1:]),
-                                **({} if ok else {"error": f"exit code {rc}"})})
-    else:
-        report.record("synth", {"status": "skipped", "reason": f"{scene} already holds a scene (reused)"})
-    if (scene / "splits.json").is_file():
-        run_pipeline_part(report, args, sizes, scene, run_dir, left(caps["uplift"]))
-        run_part(report, "uplift", ctx, min(caps["uplift"], left()))
-    else:
-        for name in ("pipeline", "uplift"):
-            report.record(name, {"status": "skipped", "reason": "no scene: the synth part did not finish"})
+    try:
+        if generate:
+            thread.start()
+        env = run_part(report, "environment", ctx, min(caps["environment"], left(60)))
+        # a failed or killed build would be restarted from scratch by every later import of gsplat
+        no_gsplat = None if args.dry_run or env["status"] == "ok" else "gsplat did not build (environment part)"
+        for name in ("agreement", "backend_speed"):
+            run_part(report, name, ctx, min(caps[name], left(60)), skip=no_gsplat)
+        if generate:
+            thread.join()
+            rc = synth.get("rc", "not started")
+            report.record("synth", {"status": "ok" if rc == 0 else ("timeout" if rc is None else "failed"),
+                                    "wall_s": round(synth.get("wall", 0.0), 2), "command": " ".join(synth_cmd[1:]),
+                                    **({} if rc == 0 else {"error": f"exit code {rc}"})})
+        else:
+            report.record("synth", {"status": "skipped", "reason": f"{scene} already holds a scene (reused)"})
+        no_scene = None if (scene / "splits.json").is_file() else "no scene: the synth part did not finish"
+        run_pipeline_part(report, args, sizes, scene, run_dir, left(caps["uplift"]), skip=no_scene or no_gsplat)
+        run_part(report, "uplift", ctx, min(caps["uplift"], left()), skip=no_scene or no_gsplat)
+    finally:
+        for proc in list(_LIVE):
+            _kill(proc)
     report.data.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        wall_s=round(time.perf_counter() - t0, 1), summary=summarise(report.data))
     report.flush()
