@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 TARGETS = {"splat_s": 180.0, "segment_splat_uplift_render_s": 240.0, "uplift_over_forward": 2.0}
 GPU = dict(frames=375, width=512, height=384, points=100_000, agree_n=(3000, 8000, 20000), agree_size=(128, 96),
-           speed_n=200_000, speed_size=(512, 384), speed_repeats=5, uplift_torch_views=40, cells=(12, 12, 6),
-           caps=dict(environment=330, agreement=90, backend_speed=90, synth=330, uplift=90))
+           speed_n=100_000, speed_size=(512, 384), speed_repeats=3, uplift_torch_views=8, cells=(12, 12, 6),
+           caps=dict(environment=330, agreement=90, backend_speed=90, synth=330, uplift=120))
 DRY = dict(frames=24, width=96, height=72, points=2000, agree_n=(200, 300, 400), agree_size=(32, 24),
            speed_n=2000, speed_size=(64, 48), speed_repeats=2, uplift_torch_views=5, cells=(6, 6, 4),
            splat_iterations=30, caps=dict(environment=60, agreement=60, backend_speed=60, synth=60, uplift=60))

@@ -21,7 +21,7 @@ else:
 
 CHANNELS = (1, 3, 32, 200)
 
-__all__ = ["PARTS", "CHANNELS", "cell_labels"]
+__all__ = ["PARTS", "CHANNELS", "cell_labels", "trained_gaussians"]
 
 
 def _settings(dry_run: bool):
@@ -33,6 +33,14 @@ def _settings(dry_run: bool):
     if dry_run:
         return Setting("torch", "cpu", torch.float32), Setting("torch", "cpu", torch.float64)
     return Setting("torch", "cuda", torch.float32), Setting("gsplat", "cuda", torch.float32)
+
+
+def _threads(ctx: dict) -> None:
+    """One torch thread on the (shared, small) CPU machines of a dry run; torch's default on the GPU machine."""
+    import torch
+
+    if ctx["dry_run"]:
+        torch.set_num_threads(1)
 
 
 def _partial(ctx: dict, result: dict) -> None:
@@ -86,7 +94,7 @@ def part_agreement(ctx: dict) -> dict:
 
     from splat.agreement import TOLERANCE, compare_settings, random_scene, row_cameras
 
-    torch.set_num_threads(1)
+    _threads(ctx)
     sz = ctx["sizes"]
     test, ref = _settings(ctx["dry_run"])
     # scenes: mid-size Gaussians, big overlapping ones (long per-pixel lists), small faint ones (threshold edges)
@@ -125,10 +133,8 @@ def _bench_module(name: str):
 
 
 def part_backend_speed(ctx: dict) -> dict:
-    import torch
-
     bench_render = _bench_module("render")
-    torch.set_num_threads(1)
+    _threads(ctx)
     sz = ctx["sizes"]
     test, ref = _settings(ctx["dry_run"])
     if ctx["dry_run"]:  # bench_case renders float32: the dry run times the torch backend against itself
@@ -180,16 +186,30 @@ def _uplift_inputs(ctx: dict):
     frames = scene.train_frames
     pts = bench_uplift.read_points(scene.points)
     labels = cell_labels(scene, frames, tuple(ctx["sizes"]["cells"]), pts.min(0), pts.max(0))
-    ply = Path(ctx["run_dir"]) / "splat" / "gaussians.ply"
-    if ply.is_file():
-        g, src = bench_uplift.load_gaussians(ply), str(ply)
-    else:
-        n = 5000 if ctx["dry_run"] else 500_000
-        g, src = bench_uplift.random_gaussians(pts, n), f"random init around points3d.ply ({n:,}): no trained PLY"
+    g, src, ckpt = trained_gaussians(Path(ctx["run_dir"]), pts, 5000 if ctx["dry_run"] else 500_000)
     dev = "cpu" if ctx["dry_run"] else "cuda"
     g = {k: v.detach().to(dev, torch.float32) for k, v in g.items()}
     k_all = len(np.setdiff1d(np.unique(np.concatenate([np.unique(lb) for lb in labels])), [0]))
-    return Cameras.from_frames(frames), labels, g, src, k_all
+    return Cameras.from_frames(frames), labels, g, src, k_all, ckpt
+
+
+def trained_gaussians(run_dir: Path, pts, n_random: int):
+    """(Gaussians, where from, splat checkpoint info): the run's gaussians.ply; else the newest ckpt.pt a killed
+    splat left in its stage's temporary folder (with the step and time it had reached); else n_random Gaussians
+    around the scene's points."""
+    bench_uplift = _bench_module("uplift")
+    ply = run_dir / "splat" / "gaussians.ply"
+    if ply.is_file():
+        return bench_uplift.load_gaussians(ply), str(ply), None
+    ckpts = sorted(run_dir.glob(".*/ckpt.pt"), key=lambda p: p.stat().st_mtime)
+    if ckpts:
+        from splat.train import load_checkpoint
+
+        ck = load_checkpoint(ckpts[-1])
+        last = (ck.get("history") or [{}])[-1]
+        info = {"step": ck["step"], "time_s": last.get("time"), "num_gaussians": last.get("num_gaussians")}
+        return dict(ck["params"]), f"{ckpts[-1]} (checkpoint of a killed splat, step {ck['step']})", info
+    return bench_uplift.random_gaussians(pts, n_random), f"random init around points3d.ply ({n_random:,})", None
 
 
 def part_uplift(ctx: dict) -> dict:
@@ -199,8 +219,8 @@ def part_uplift(ctx: dict) -> dict:
     from splat.render import render
     from uplift.ludvig import uplift
 
-    torch.set_num_threads(1)
-    cams, labels, g, src, k_all = _uplift_inputs(ctx)
+    _threads(ctx)
+    cams, labels, g, src, k_all, ckpt = _uplift_inputs(ctx)
     cuda = not ctx["dry_run"]
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     n_all, n_sub = len(labels), ctx["sizes"]["uplift_torch_views"] or len(labels)
@@ -235,7 +255,8 @@ def part_uplift(ctx: dict) -> dict:
         _partial(ctx, {"runs": runs})
     (a, b) = [k for k in labels_by if k[2] == plan[1][2]][-2:]
     same = float(np.mean(labels_by[a] == labels_by[b]))
-    return {"gaussians": int(g["means"].shape[0]), "gaussians_from": src, "train_views": n_all,
+    return {"gaussians": int(g["means"].shape[0]), "gaussians_from": src, "splat_checkpoint": ckpt,
+            "train_views": n_all,
             "image": [cams.width, cams.height], "instances": k_all, "labels": "3D cells of the depth maps "
             f"{tuple(ctx['sizes']['cells'])} (multi-view consistent; not the segmenter's)", "runs": runs,
             "ratio": runs[0]["ratio"], "argmax_agreement": {"between": [" ".join(map(str, a)), " ".join(map(str, b))],

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,19 @@ def test_cell_labels_hand_computed():
     (lab,) = gp.cell_labels(scene, [frame], (2, 2, 2), np.array([-10.0, -10, 0]), np.array([10.0, 10, 4]))
     # label = 1 + (ix*2 + iy)*2 + iz; row 0 (y centre 0.5 < cy 1) -> iy 0, row 1 -> iy 1; cols 0,1 -> ix 0, 2,3 -> 1
     assert lab.tolist() == [[0, 2, 6, 6], [4, 4, 8, 8]]
+
+
+def test_uplift_takes_a_killed_splats_checkpoint(dry_run, tmp_path):
+    # no gaussians.ply, only the ckpt.pt a killed splat leaves in its stage's temporary folder
+    work, data, _ = dry_run
+    (tmp_path / ".splat.tmp-1").mkdir()
+    shutil.copy(work / "run_24x96x72" / "splat" / "ckpt.pt", tmp_path / ".splat.tmp-1" / "ckpt.pt")
+    gp = _module("gpu_parts")
+    g, src, info = gp.trained_gaussians(tmp_path, np.zeros((1, 3)), 10)
+    assert "checkpoint of a killed splat, step 30" in src and info["step"] == 30
+    assert info["num_gaussians"] == g["means"].shape[0] == data["parts"]["pipeline"]["result"]["num_gaussians"]
+    g, src, info = gp.trained_gaussians(tmp_path / "nothing", np.random.default_rng(0).normal(size=(50, 3)), 10)
+    assert (g["means"].shape, info) == ((10, 3), None) and src.startswith("random init")
 
 
 def test_last_progress_parses_tqdm_lines():
