@@ -72,6 +72,9 @@ def part_environment(ctx: dict) -> dict:
     if nvcc:
         ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
         info["nvcc"] = ([ln for ln in ver.splitlines() if "release" in ln] or [ver.strip()[-80:]])[0].strip()
+    from splat.train import PRESETS
+
+    info["paper_preset_iterations"] = PRESETS["paper"].iterations
     if not torch.cuda.is_available():
         info["gsplat_build"] = {"status": "skipped", "reason": "no CUDA device: gsplat compiles and runs on CUDA only"}
         return info
