@@ -101,7 +101,8 @@ def test_dry_run_pipeline_and_uplift_figures(dry_run):
     checks = data["summary"]["checks"]
     assert checks["splat_s"]["value"] == pipe["splat_s"] and checks["uplift_over_forward"]["value"] == up["ratio"]
     assert pipe["splat_steps"] == 30 and data["parts"]["environment"]["result"]["paper_preset_iterations"] == 30000
-    assert checks["splat_s"]["projected"] == pytest.approx(pipe["splat_s"] * 1000)
+    assert pipe["splat_loop_s"] == history[-1]["time"] < pipe["splat_s"]
+    assert checks["splat_s"]["projected"] == pytest.approx(pipe["splat_s"] + 999 * pipe["splat_loop_s"])
     assert data["summary"]["applies"] is False and "DRY RUN" in stdout
     log = (out.parent / "report" / "gpu_check.log").read_text()
     assert all(f"== {p}:" in log for p in PARTS) and "pipeline run" in log
@@ -148,12 +149,12 @@ def test_summary_projects_a_cut_splat_schedule_to_the_paper_preset():
     gc = _module()
     parts = {"environment": {"status": "ok", "result": {"paper_preset_iterations": 30000}},
              "pipeline": {"status": "ok", "result": {"splat_s": 60.0, "segment_splat_uplift_render_s": 100.0,
-                                                     "splat_steps": 5000}},
+                                                     "splat_steps": 5000, "splat_loop_s": 50.0}},
              "uplift": {"status": "ok", "result": {"ratio": 1.5}}}
     checks = gc.summarise({"dry_run": False, "parts": parts})["checks"]
     assert (checks["splat_s"]["met"], checks["splat_s"]["projected"], checks["splat_s"]["projected_met"]) == \
-        (True, 360.0, False)  # 60 s for 5000 steps -> 6 x 60 s for 30000, over the 180 s target
-    assert checks["segment_splat_uplift_render_s"]["projected"] == 100.0 + 5 * 60.0
+        (True, 310.0, False)  # 10 s outside the loop + 6 x 50 s of loop for 30000 steps, over the 180 s target
+    assert checks["segment_splat_uplift_render_s"]["projected"] == 100.0 + 5 * 50.0
     assert checks["uplift_over_forward"] == {"value": 1.5, "target": 2.0, "met": True}  # nothing to project
     parts["pipeline"]["result"]["splat_steps"] = 30000  # the full preset ran: no projection
     assert "projected" not in gc.summarise({"dry_run": False, "parts": parts})["checks"]["splat_s"]
