@@ -48,6 +48,7 @@ def dry_run(tmp_path_factory):
     return out / "work", json.loads((out / "report" / "gpu_check.json").read_text()), proc.stdout
 
 
+@pytest.mark.slow  # the dry run: ~20 s of CPU in six processes
 def test_dry_run_records_every_part_with_real_numbers(dry_run):
     out, data, stdout = dry_run
     parts = data["parts"]
@@ -74,6 +75,7 @@ def test_dry_run_records_every_part_with_real_numbers(dry_run):
                                                    / speed["times"]["reference"]["forward_s"])
 
 
+@pytest.mark.slow  # the dry run: ~20 s of CPU in six processes
 def test_dry_run_pipeline_and_uplift_figures(dry_run):
     out, data, stdout = dry_run
     meta = json.loads((out / "scene_24x96x72" / "scene_meta.json").read_text())["config"]
@@ -132,6 +134,7 @@ def test_cell_labels_hand_computed():
     assert lab.tolist() == [[0, 2, 6, 6], [4, 4, 8, 8]]
 
 
+@pytest.mark.slow  # the dry run: ~20 s of CPU in six processes
 def test_uplift_takes_a_killed_splats_checkpoint(dry_run, tmp_path):
     # no gaussians.ply, only the ckpt.pt a killed splat leaves in its stage's temporary folder
     work, data, _ = dry_run
