@@ -758,7 +758,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
         raise InputError(f"{out_dir}: exists and is not a synthetic scene (no scene_meta.json from {GENERATOR}); "
                          f"choose a new or empty folder")
     if cfg.num_frames < 1 or cfg.width < 8 or cfg.height < 8:
-        raise ValueError(f"synthetic config: need num_frames >= 1 and an image of at least 8x8 pixels, got "
+        raise InputError(f"synthetic config: need num_frames >= 1 and an image of at least 8x8 pixels, got "
                          f"{cfg.num_frames} frames at {cfg.width}x{cfg.height}")
     world = build_world(cfg)
     K = intrinsics(cfg)
