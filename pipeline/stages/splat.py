@@ -29,19 +29,9 @@ def splat_run(ctx: StageContext, out: Path) -> dict:
     cfg = dataclasses.replace(ctx.cfg.splat.train)
     if hasattr(cfg, "device"):
         cfg = dataclasses.replace(cfg, device=ctx.device)
-    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None,
-                   **({"kill_hook": lambda: maybe_kill("splat", "middle")} if _accepts(train, "kill_hook") else {}))
+    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None)
     maybe_kill("splat", "middle")
     return _splat_info(result, out)
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _splat_info(result, out: Path) -> dict:
