@@ -16,10 +16,9 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from .config import RunConfig, write_config
 from .common.io import InputError, atomic_dir, read_json_if_present, write_json
+from .common.threads import torch_threads
 from .metrics import format_pct
 from .scene import load_scene
 from .cache import HashCache, StageContext, StageResult, cleanup_stale, run_stage
@@ -102,10 +101,7 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
                        hashes=HashCache(run_dir / ".cache" / "hashes.json"), console=console, quiet=quiet)
     validate_segment_inputs(ctx)
     results: list[StageResult] = []
-    saved_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    with _run_lock(run_dir), _restore_threads(saved_threads):
+    with _run_lock(run_dir), torch_threads(cfg.threads):
         for p in cleanup_stale(run_dir):
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")
@@ -132,14 +128,6 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     outcome = RunOutcome(run_dir, results, metrics, report, time.perf_counter() - t0)
     print_summary(outcome, console)
     return outcome
-
-
-@contextlib.contextmanager
-def _restore_threads(n: int):
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
