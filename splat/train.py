@@ -36,7 +36,7 @@ from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, run_key, save_check
 from .config import PRESETS, TrainConfig
 from .gaussians import PARAM_NAMES, init_gaussians, points_for_scene
 from .render import Cameras, render, sh_colours
-from .strategy import make_strategy
+from .strategy import CappedDefaultStrategy, CPUMCMCStrategy, make_strategy
 
 __all__ = ["TrainConfig", "TrainResult", "PRESETS", "train", "evaluate_psnr", "scene_scale", "load_checkpoint",
            "CHECKPOINT_VERSION"]
@@ -172,7 +172,7 @@ class _Run:
 
     params: torch.nn.ParameterDict  # every per-Gaussian attribute, [N, ...] each (splat.gaussians)
     optimizers: dict[str, torch.optim.Adam]  # one per attribute
-    strategy: Any  # splat.strategy.CappedDefaultStrategy | CPUMCMCStrategy
+    strategy: CappedDefaultStrategy | CPUMCMCStrategy
     strategy_state: dict[str, Any]
     rng: np.random.Generator  # the view order's generator
     order: list[int]  # the rest of the current epoch's view order (popped from the end)
@@ -277,9 +277,9 @@ def _step(run: _Run, data: _Targets, cfg: TrainConfig, step: int) -> _StepStats:
     optimizers["means"].param_groups[0]["lr"] = lr_m
     degree = _sh_degree(cfg, step)
     with_pan = data.pan is not None
-    feats, meta = _render_views(params, data.cams[idx], degree, data.background, with_pan, cfg.backend)
+    feats, meta = _render_views(params, data.cams[idx], degree, data.background, with_pan, cfg.backend)  # [B, H, W, 3|6]
     strategy.step_pre_backward(params, optimizers, run.strategy_state, step, meta)
-    l_rgb, mse = _rgb_loss(feats[..., :3], data.rgb[idx], cfg.ssim_lambda)
+    l_rgb, mse = _rgb_loss(feats[..., :3], data.rgb[idx], cfg.ssim_lambda)  # scalars
     loss = l_rgb
     l_pan = torch.zeros((), device=l_rgb.device)
     if with_pan:
