@@ -73,17 +73,24 @@ def run_command(args: list[str], quiet: bool = False):
 # ------------------------------------------------------------------------------------------------
 
 
-def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: Optional[int] = None) -> None:
+def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: Optional[int] = None,
+          num_frames: Optional[int] = None, width: Optional[int] = None, height: Optional[int] = None,
+          num_points: Optional[int] = None) -> None:
     """Generate a synthetic PanLift-layout scene with simulated segmenter outputs (panoptic_consistent/).
 
     Args:
         out_dir: Folder to write the scene into.
         preset: tiny (for tests, seconds) or demo (the `make demo` scene).
         seed: Random seed; the same seed gives the same scene (default: the preset's, tiny 0, demo 5).
+        num_frames: Override the preset's number of frames (every 5th is a test view).
+        width: Override the preset's image width in pixels.
+        height: Override the preset's image height in pixels.
+        num_points: Override the preset's number of points in points3d.ply.
     """
     from . import synth as _synth
 
-    _synth.synth_command(out_dir, preset=preset, seed=seed)
+    sizes = {"num_frames": num_frames, "width": width, "height": height, "num_points": num_points}
+    _synth.synth_command(out_dir, preset=preset, seed=seed, **{k: v for k, v in sizes.items() if v is not None})
 
 
 def eval(scene: Path, pred: Path, json: Optional[Path] = None) -> None:  # noqa: A001 - the subcommand's name
@@ -127,7 +134,9 @@ def demo_command(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] 
     from .config import CONFIGS_DIR, parse_run_args
     from .run import run_pipeline
 
-    scene_dir = Path(out) / "scene"
+    from .common.io import claim_dir
+
+    scene_dir = claim_dir(out, "run") / "scene"  # the run folder is claimed first: the scene lives inside it
     if not (scene_dir / "splits.json").is_file():
         from . import synth as _synth
 

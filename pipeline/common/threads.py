@@ -1,4 +1,4 @@
-"""`torch_threads(n)`: run a block with n torch CPU threads and give the caller its own setting back after."""
+"""torch's CPU thread count for the length of a block, restored afterwards (whatever happens inside)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ __all__ = ["torch_threads"]
 
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Use `n` torch CPU threads inside the block (n <= 0: leave the setting alone); the previous count is
-    restored on exit, also when the block raises. torch is imported here so that importing this module is cheap."""
+    """Run the block with `n` torch CPU threads (n <= 0: leave torch's setting), then restore the previous
+    count, so a run or a training call never leaks its setting into the caller."""
     import torch
 
-    before = torch.get_num_threads()
+    saved = torch.get_num_threads()
     if n > 0:
-        torch.set_num_threads(int(n))
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(saved)
