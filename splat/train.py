@@ -277,7 +277,8 @@ def _step(run: _Run, data: _Targets, cfg: TrainConfig, step: int) -> _StepStats:
     optimizers["means"].param_groups[0]["lr"] = lr_m
     degree = _sh_degree(cfg, step)
     with_pan = data.pan is not None
-    feats, meta = _render_views(params, data.cams[idx], degree, data.background, with_pan, cfg.backend)  # [B, H, W, 3|6]
+    # feats [B, H, W, 3 (+3 pan)]
+    feats, meta = _render_views(params, data.cams[idx], degree, data.background, with_pan, cfg.backend)
     strategy.step_pre_backward(params, optimizers, run.strategy_state, step, meta)
     l_rgb, mse = _rgb_loss(feats[..., :3], data.rgb[idx], cfg.ssim_lambda)  # scalars
     loss = l_rgb
