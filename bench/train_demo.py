@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.common.labels import gt_panoptic_ids, palette
+from pipeline.common.threads import torch_threads
 from pipeline.scene import load_scene
 from splat.render import Cameras, render
 from splat.train import PRESETS, train
@@ -81,7 +82,8 @@ def main() -> None:
     load1 = os.getloadavg()
     t_eval = time.perf_counter()
     ids = sorted({int(i) for s in scene.frames for i in np.unique(gt_ids(scene, s))} | {0})
-    agree = pan_agreement(res.gaussians, scene, scene.test, np.asarray(ids))
+    with torch_threads(cfg.threads):  # the thread count training used
+        agree = pan_agreement(res.gaussians, scene, scene.test, np.asarray(ids))
     t_eval = time.perf_counter() - t_eval
     per_it = res.history[-1]["time"] / max(res.steps, 1)
     print(f"test PSNR        {res.test_psnr:.2f} dB (target >= 24)")

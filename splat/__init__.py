@@ -1,36 +1,23 @@
 """splat: Gaussians, rasterisation backends (`render`), training and PLY I/O.
 
-Entry module for rasterisation: `splat/render.py`. Names are resolved lazily (PEP 562) so `import splat.config`
-(the trainer's settings) does not load torch.
+Entry points: `splat.render.render` (rasterisation) and `splat.train.train` (fitting); the configuration lives in
+the torch-free `splat/config.py`. Names below are imported on first use, so `import splat.config` does not load
+torch; the functions `render` and `train` are reached through their modules, whose names they share.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__all__ = ["Cameras", "RenderOutput", "render", "init_gaussians", "points_for_scene", "random_points", "load_ply",
-           "save_ply", "PRESETS", "TrainConfig", "TrainResult", "evaluate_psnr", "train"]
-
-_LAZY = {
-    "Cameras": "splat.render",
-    "RenderOutput": "splat.render",
-    "render": "splat.render",
-    "init_gaussians": "splat.gaussians",
-    "points_for_scene": "splat.gaussians",
-    "random_points": "splat.gaussians",
-    "load_ply": "splat.ply",
-    "save_ply": "splat.ply",
-    "PRESETS": "splat.config",
-    "TrainConfig": "splat.config",
-    "TrainResult": "splat.train",
-    "evaluate_psnr": "splat.train",
-    "train": "splat.train",
-}
+# name -> the submodule that defines it
+_HOME = {"Cameras": "render", "RenderOutput": "render", "init_gaussians": "gaussians",
+         "points_for_scene": "gaussians", "random_points": "gaussians", "load_ply": "ply", "save_ply": "ply",
+         "PRESETS": "config", "TrainConfig": "config", "TrainResult": "train", "evaluate_psnr": "train"}
+__all__ = ["Cameras", "RenderOutput", "init_gaussians", "points_for_scene", "random_points", "load_ply", "save_ply",
+           "PRESETS", "TrainConfig", "TrainResult", "evaluate_psnr"]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'splat' has no attribute {name!r}")
+    if name not in _HOME:
+        raise AttributeError(f"module 'splat' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -57,7 +57,7 @@ class TrainConfig:
     """Densify every this many steps."""
     reset_every: int = 3000
     """default: opacity-reset period (to 2 × prune_opacity, while densifying; big-Gaussian pruning starts after
-    the first). Done by the trainer: gsplat 1.5.3's DefaultStrategy never resets (operator-precedence bug)."""
+    the first). Done by splat.strategy.CappedDefaultStrategy: gsplat 1.5.3's DefaultStrategy never resets."""
     grow_grad2d: float = 2e-4
     """default: image-plane gradient threshold for clone/split."""
     grow_scale3d: float = 0.01
