@@ -329,14 +329,15 @@ def test_train_needs_only_the_scene_protocol(tiny):
     assert a.test_psnr == b.test_psnr
 
 
-def test_train_restores_the_thread_count(tiny):
+def test_train_leaves_the_thread_count_to_its_caller(tiny):
+    """Threads are set once per run by the pipeline (torch_threads); the trainer never changes them."""
     scene, maps = tiny
     assert torch.get_num_threads() == 1  # the module fixture
     no_test = dataclasses.replace(scene, test=[])
-    res = train(no_test, _cfg(iterations=0, threads=2), instance_maps=maps, progress=False)
+    res = train(no_test, _cfg(iterations=0), instance_maps=maps, progress=False)
     assert res.steps == 0 and res.test_psnr is None and torch.get_num_threads() == 1
     with pytest.raises(InputError, match="instance maps missing"):
-        train(no_test, _cfg(iterations=0, threads=2), instance_maps={}, progress=False)
+        train(no_test, _cfg(iterations=0), instance_maps={}, progress=False)
     assert torch.get_num_threads() == 1
 
 
