@@ -151,7 +151,7 @@ def stage_checks(facts: dict) -> list[Check]:
     panst3r_missing = [_package("panst3r.segment"),
                        None if facts.get("transformers") else "transformers",
                        None if facts.get("siglip") else "class text embeddings (SigLIP is not in the local HF "
-                       "cache: pass --segment.text-embeddings FILE or --segment.siglip DIR)"]
+                       "cache: pass --segment.text-embeddings FILE or a SigLIP folder)"]
     ckpt_note = "also needs a PanSt3R checkpoint (--segment.checkpoint PATH; DINOv2 weights are inside it)"
     add("segment (panst3r)", panst3r_missing, ckpt_note)
     render_missing = [_package("splat.render")]

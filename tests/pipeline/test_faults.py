@@ -208,7 +208,7 @@ def test_malicious_panst3r_checkpoint_executes_nothing(tmp_path):
     assert not marker.exists() and not (tmp_path / "seg").exists()
 
 
-@pytest.mark.parametrize("loader", ["splat.train.load_checkpoint", "panst3r.text.load_embeddings"])
+@pytest.mark.parametrize("loader", ["splat.checkpoint.load_checkpoint", "panst3r.text.load_embeddings"])
 def test_malicious_pickle_in_other_user_files_executes_nothing(tmp_path, loader):
     import importlib
 
