@@ -200,7 +200,12 @@ def test_malicious_panst3r_checkpoint_executes_nothing(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(images / "a.png")
-    p = cli("segment", "--images", str(images), "--checkpoint", str(ckpt), "--out", str(tmp_path / "seg"))
+    from panst3r.text import panlift_vocabulary
+
+    emb = tmp_path / "emb.npy"  # valid class embeddings, so that the checkpoint is what gets loaded
+    np.save(emb, np.eye(len(panlift_vocabulary()[0]), 768, dtype=np.float32))
+    p = cli("segment", "--images", str(images), "--checkpoint", str(ckpt), "--out", str(tmp_path / "seg"),
+            "--text-embeddings", str(emb))
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {ckpt}: refused to load: it references the Python object") and "posix.system" in last
