@@ -97,6 +97,12 @@ def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
     if from_stage is not None and from_stage not in STAGE_ORDER:
         raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_ORDER)}")
     check_output_dir(cfg.output.dir, "run")  # a file, a path below a file or someone else's folder: refused now
+    t = cfg.splat.train  # the trainer checks these too, but only once the stages before it have run
+    for flag, value, ok, need in (("iterations", t.iterations, t.iterations >= 0, ">= 0"),
+                                  ("batch-size", t.batch_size, t.batch_size >= 1, ">= 1"),
+                                  ("scale", t.scale, t.scale > 0, "> 0")):
+        if not ok:
+            raise InputError(f"--splat.train.{flag} {value}: must be {need}")
     scene = _load_scene(Path(cfg.scene.path), cfg.scene.format)
     if not scene.train:
         raise InputError(f"{scene.root}: the split has no train frames")
@@ -293,6 +299,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, per_instance:
         if not (run_dir / need).is_file():
             raise InputError(f"{run_dir / need}: missing; run `python -m pipeline run CONFIG.yaml --output.dir {run_dir}` "
                              "through the uplift stage first")
+    if topk < 0:
+        raise InputError(f"--topk {topk}: must be >= 0 (0 = do not store per-Gaussian top-k instances)")
     out = Path(out) if out is not None else run_dir / "export"
     check_output_dir(out, "export")  # before reading anything: a user's folder or file is refused, never replaced
     result = UpliftResult.load(run_dir / "uplift" / "uplift.npz")

@@ -120,6 +120,8 @@ def training_camera(run_dir: Path) -> dict:
 
 def view_command(run_dir: Path, port: int = 8080, host: str = "127.0.0.1", max_seconds: float | None = None) -> None:
     """Serve the run's labelled Gaussians; blocks until Ctrl-C (or max_seconds)."""
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port}: not a TCP port; pass one between 1 and 65535 (default 8080)")
     import viser
 
     run_dir = Path(run_dir)

@@ -50,6 +50,8 @@ def world(tmp_path_factory) -> Path:
         for stem in split["train"]:
             Image.fromarray(np.ones((40, 40), dtype)).save(small / what / f"{stem}.png")
     (w / "masks_none").mkdir()
+    shutil.copytree(scene, w / "badsplit")
+    (w / "badsplit" / "splits.json").write_text('{"train": [')
     fake = w / "fakerun"  # what export checks exists; content is never read when --out is refused first
     for rel in ("splat/gaussians.ply", "uplift/uplift.npz", "uplift/legend.json"):
         (fake / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,14 @@ CASES = [
     Case("segment-wrong-checkpoint", ["segment", "--images", "{W}/images", "--checkpoint", "{W}/garbage.pth",
                                       "--out", "{C}/seg"], "{W}/garbage.pth: not a PyTorch checkpoint",
          "pass a PanSt3R .pth file"),
+    Case("run-negative-iterations", RUN + ["--splat.train.iterations", "-5"], "--splat.train.iterations -5",
+         "must be >= 0"),
+    Case("export-negative-topk", ["export", "{W}/fakerun", "--topk", "-1", "--out", "{C}/exp"], "--topk -1",
+         "must be >= 0"),
+    Case("view-port-out-of-range", ["view", "{W}/hugerun", "--port", "99999"], "--port 99999",
+         "between 1 and 65535"),
+    Case("run-broken-splits", ["run", DEMO_YAML, "--scene.path", "{W}/badsplit", "--output.dir", "{C}/out"],
+         "{W}/badsplit/splits.json: invalid JSON", "line"),
     Case("unknown-subcommand", ["segmnet"], "segmnet", "Available subcommands"),
 ]
 
