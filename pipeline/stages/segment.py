@@ -80,6 +80,9 @@ def validate_segment_inputs(ctx: StageContext) -> None:
         if sc.vocabulary != "panlift" and not Path(sc.vocabulary).is_file():
             raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
                              "file (one class name a line) or a .pt of names + embeddings (panst3r.text.save_embeddings)")
+        from panst3r.cli import class_vocabulary  # class embeddings resolved now (then cached), not after work began
+
+        class_vocabulary(sc.vocabulary, sc.text_embeddings, "cpu", panlift_ids=True, how=_EMBEDDINGS_HOW)
     else:  # tyro/YAML already restrict it; kept for programmatic configs
         raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
 
@@ -191,13 +194,15 @@ def panst3r_inputs(ctx: StageContext) -> dict[str, str]:
     return out
 
 
+_EMBEDDINGS_HOW = ("--segment.text-embeddings FILE (or a SigLIP folder), or --segment.vocabulary FILE.pt "
+                   "(class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
+
+
 def load_panst3r(ctx: StageContext):
     """The shared `panst3r.segment.load_segmenter` with PanLift semantics ids: what one PanSt3R pass needs."""
     from panst3r.segment import load_segmenter
 
-    return load_segmenter(ctx.cfg.segment, ctx.device, panlift_ids=True,
-                          how="--segment.text-embeddings FILE (or a SigLIP folder), or --segment.vocabulary FILE.pt "
-                              "(class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
+    return load_segmenter(ctx.cfg.segment, ctx.device, panlift_ids=True, how=_EMBEDDINGS_HOW)
 
 
 def panst3r_pass(ctx: StageContext, net, images: list[Path], out_dir: Path) -> dict[str, dict]:

@@ -297,3 +297,30 @@ def test_doctor_does_not_call_panst3r_ready_without_text_embeddings():
         "class text embeddings", "", 1)  # said once, not twice
     rows = {c.name: c for c in stage_checks({**facts, "siglip": True})}
     assert "class text embeddings" not in rows["segment (panst3r)"].detail
+
+
+def test_panst3r_run_without_class_embeddings_fails_before_any_work(world, tmp_path, monkeypatch, capsys):
+    """A machine without SigLIP and no --segment.text-embeddings: one short line (no model-hub URL), checkpoint
+    judged first, and the run folder never created."""
+    import torch
+
+    import panst3r.text as text
+    from pipeline.common.io import InputError as IE
+
+    def unavailable(model, device):
+        raise IE(f"{model}: SigLIP tokenizer not available offline (see https://huggingface.co/{model})")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(text, "_text_model", unavailable)
+    ckpt = tmp_path / "model.pth"
+    torch.save({"weights": {}}, ckpt)  # a torch file: passes the format look, the embeddings are what is missing
+    out = tmp_path / "out"
+    args = ["run", DEMO_YAML, "--scene.path", str(world / "scene"), "--output.dir", str(out),
+            "--segment.kind", "panst3r", "--segment.checkpoint"]
+    assert main(args + [str(world / "garbage.pth")]) == 2  # a wrong checkpoint is named first
+    assert "garbage.pth: not a PyTorch checkpoint" in capsys.readouterr().err
+    assert main(args + [str(ckpt)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: no class text embeddings: PanSt3R checkpoints do not store them")
+    assert "--segment.text-embeddings FILE" in last and "http" not in last and len(last) < 320
+    assert not out.exists()
