@@ -11,8 +11,11 @@ The best selections hold only a few masks, which suits a different search.
 * `num_starts` randomised greedy constructions (add the mask with the most negative energy change, picked at
   random among the best few; GRASP), each finished by an exact steepest descent over single flips and
   swaps (one mask out, one in), which is what moves between two overlapping masks;
-* `num_redo` restarts of the official annealing schedule, each also finished by that descent.
-The lowest exact energy wins; every result is a local minimum for single flips and swaps.
+* `num_redo` restarts of the official annealing schedule, each also finished by that descent;
+* from the lowest-energy candidate, up to `insert_passes` passes of forced insertions: each unselected mask
+  in turn is added, the selected masks it makes costly are dropped, the rest is refilled greedily and
+  descended, and the result is kept when it is lower.
+The result is a local minimum for single flips and swaps.
 Both parts exist as compiled loops (numba, cached on disk and warmed up at import) and as a numpy mirror
 that performs the same floating-point operations in the same order, so both backends return the same
 state for a seed. A local field g = S·x (S = (Q+Qᵀ)/2) makes a proposal O(1) and a flip O(N).
@@ -47,7 +50,8 @@ __all__ = [
 # The official annealer's schedule (spec §4.2 / §4.3).
 OFFICIAL_SCHEDULE = {"num_iters": 10000, "num_redo": 20, "t0": 0.5, "t_end": 1e-4}
 # `solve`'s portfolio: greedy starts, then annealing restarts on the official schedule.
-SOLVER_DEFAULTS = {"num_starts": 400, "num_redo": 6, "num_iters": 10000, "t0": 0.5, "t_end": 1e-4}
+SOLVER_DEFAULTS = {"num_starts": 400, "num_redo": 4, "num_iters": 10000, "t0": 0.5, "t_end": 1e-4,
+                   "insert_passes": 4}
 # Greedy starts cycle through these (alpha, rcl) pairs: candidates are the additions whose energy change is
 # <= alpha · (the best change), the rcl best of them; start 0 is the plain greedy (1.0, 1).
 _GREEDY_MIX = [(a, r) for r in (3, 8, 30) for a in (0.3, 0.6, 0.85)]
@@ -294,6 +298,43 @@ def _grasp_nb(S, diag, lam_n, u, alpha, rcl, tol):
 
 
 @_jit
+def _insert_nb(S, diag, lam_n, x, tol, max_pass):
+    """Forced insertions: for every unselected j, add j, drop what then costs, refill greedily, descend;
+    keep the result when it lowers E by more than tol (first improvement, in place)."""
+    n = x.shape[0]
+    e = _energy_nb(S, lam_n, x)
+    y = np.empty(n, np.int8)
+    u0 = np.zeros(1)
+    for _p in range(max_pass):
+        improved = False
+        for j in range(n):
+            if x[j]:
+                continue
+            y[:] = x
+            g = _field_nb(S, y)
+            _flip_nb(S, y, g, j)
+            while True:
+                best, bk = -tol, -1
+                for k in range(n):
+                    if y[k] and k != j:
+                        delta = diag[k] - (2.0 * g[k] + lam_n)
+                        if delta < best:
+                            best, bk = delta, k
+                if bk < 0:
+                    break
+                _flip_nb(S, y, g, bk)
+            _construct_nb(S, diag, lam_n, u0, 1.0, 1, tol, y, g)
+            _descend_nb(S, diag, lam_n, y, g, tol)
+            ey = _energy_nb(S, lam_n, y)
+            if ey < e - tol:
+                x[:] = y
+                e = ey
+                improved = True
+        if not improved:
+            return
+
+
+@_jit
 def _anneal_nb(S, diag, lam_n, init, flips, thr, tol):
     """Official-schedule annealing, one restart at a time; the best state seen, then descent. -> [R, N] int8."""
     R, n = init.shape
@@ -394,6 +435,35 @@ def _grasp_np(S, diag, lam_n, u, alpha, rcl, tol) -> tuple[np.ndarray, float]:
     return best_x, best_e
 
 
+def _insert_np(S, diag, lam_n, x, tol, max_pass) -> None:
+    n = x.shape[0]
+    e = _energy_np(S, lam_n, x)
+    for _p in range(max_pass):
+        improved = False
+        for j in range(n):
+            if x[j]:
+                continue
+            y = x.copy()
+            g = _field_np(S, y)
+            _flip_np(S, y, g, j)
+            while True:
+                drop = np.where(y != 0, diag - (2.0 * g + lam_n), np.inf)
+                drop[j] = np.inf
+                k = int(np.argmin(drop))
+                if not drop[k] < -tol:
+                    break
+                _flip_np(S, y, g, k)
+            _construct_np(S, diag, lam_n, np.zeros(1), 1.0, 1, tol, y, g)
+            _descend_np(S, diag, lam_n, y, g, tol)
+            ey = _energy_np(S, lam_n, y)
+            if ey < e - tol:
+                x[:] = y
+                e = ey
+                improved = True
+        if not improved:
+            return
+
+
 def _anneal_np(S, diag, lam_n, init, flips, thr, tol) -> np.ndarray:
     """All restarts as one [R, N] batch, then descent per restart; same result as _anneal_nb."""
     x = init.copy()  # [R, N] int8
@@ -460,8 +530,9 @@ def solve(Q: np.ndarray, lambda_reg: float = 1e-3, seed: int = 0, *, backend: st
     """Minimise xᵀQx + λ·mean(x) over x ∈ {0,1}^N; returns x as bool [N] (and its exact energy).
 
     options (SOLVER_DEFAULTS): num_starts greedy starts; num_redo annealing restarts with num_iters
-    proposals each on the geometric schedule t0 → t_end (the official one). Every candidate ends with a
-    descent over single flips and swaps; the lowest exact energy wins (ties -> greedy first, then restart order).
+    proposals each on the geometric schedule t0 → t_end (the official one); insert_passes passes of forced
+    insertions from the best candidate. Every candidate ends with a descent over single flips and swaps; the
+    lowest exact energy wins (ties -> greedy first, then restart order).
     backend: "numba", "numpy" or "auto" (numba when installed); both return the same state for a seed.
     """
     unknown = set(options) - set(SOLVER_DEFAULTS)
@@ -489,8 +560,15 @@ def solve(Q: np.ndarray, lambda_reg: float = 1e-3, seed: int = 0, *, backend: st
     X = np.concatenate(cands)
     exact = np.asarray(energy(Q, X, lambda_reg)).reshape(-1)
     r = int(np.argmin(exact))
-    x = X[r].astype(bool)
-    return (x, float(exact[r])) if return_energy else x
+    x, e = X[r].copy(), float(exact[r])
+    if opt["insert_passes"] > 0:
+        (_insert_nb if numba_backend else _insert_np)(S, diag, lam_n, x, tol, int(opt["insert_passes"]))
+        e_ins = energy(Q, x, lambda_reg)
+        if e_ins <= e:
+            e = e_ins
+        else:  # rounding of the tracked fields only; keep the better exact energy
+            x = X[r].copy()
+    return (x.astype(bool), e) if return_energy else x.astype(bool)
 
 
 def descend(Q: np.ndarray, x: np.ndarray, lambda_reg: float = 1e-3, *, backend: str = "auto") -> np.ndarray:

@@ -161,6 +161,16 @@ def test_numba_kernels_and_numpy_mirror_agree_state_for_state():
     streams = qubo.anneal_streams(80, 9, num_iters=3000, num_redo=5)
     np.testing.assert_array_equal(qubo._anneal_nb(S, diag, lam_n, *streams, tol),
                                   qubo._anneal_np(S, diag, lam_n, *streams, tol))
+    moved, Qr = 0, _random_qubo(80, 3)  # dense: flip/swap minima that insertions can still improve
+    Sr, diag_r, lam_r, tol_r = _prepared(Qr)
+    for start in np.random.default_rng(0).integers(0, 2, (6, 80)):
+        x0 = qubo.descend(Qr, start, backend="numpy").astype(np.int8)
+        x_nb, x_np = x0.copy(), x0.copy()
+        qubo._insert_nb(Sr, diag_r, lam_r, x_nb, tol_r, 3)
+        qubo._insert_np(Sr, diag_r, lam_r, x_np, tol_r, 3)
+        np.testing.assert_array_equal(x_nb, x_np)
+        moved += qubo.energy(Qr, x_nb, 1e-3) < qubo.energy(Qr, x0, 1e-3) - 1e-12
+    assert moved > 0  # the forced insertions improved at least one local minimum
     a = qubo.solve(Q, seed=4, backend="numba", num_starts=25, num_redo=3, num_iters=3000, return_energy=True)
     b = qubo.solve(Q, seed=4, backend="numpy", num_starts=25, num_redo=3, num_iters=3000, return_energy=True)
     np.testing.assert_array_equal(a[0], b[0])
