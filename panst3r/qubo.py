@@ -23,6 +23,8 @@ state for a seed. A local field g = S·x (S = (Q+Qᵀ)/2) makes a proposal O(1) 
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from typing import Iterable, Optional
 
@@ -180,20 +182,37 @@ def search_streams(num_starts: int, seed: int | np.random.SeedSequence = 0
 # ------------------------------------------------------------------------------------------------
 
 
+_UNCACHED_WARNED = False
+
+
 def _jit(func):
     """numba.njit with the on-disk cache, or the plain function when numba is missing.
 
     cache=True stores the machine code in __pycache__ next to this file or, when that folder is read-only,
-    in the user-wide cache (NUMBA_CACHE_DIR or ~/.cache/numba). When no location is writable numba refuses
-    cache=True; the kernel is then compiled once per process (at import, see warm_up).
+    in the user-wide cache (NUMBA_CACHE_DIR or ~/.cache/numba). When neither is writable numba refuses
+    cache=True; the kernels are then cached under the temporary directory, and compiled once per process
+    (at import, see warm_up) only when that fails too.
     """
+    global _UNCACHED_WARNED
     if _numba is None:
         return func
+    jit = _numba.njit(cache=True, nogil=True)
     try:
-        return _numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError as err:  # "cannot cache function ...: no locator available for file ..."
-        warnings.warn(f"numba cannot cache {func.__name__} ({err}); compiling it in every process", RuntimeWarning)
-        return _numba.njit(nogil=True)(func)
+        return jit(func)
+    except RuntimeError:  # "cannot cache function ...: no locator available for file ..."
+        pass
+    cfg = _numba.core.config
+    if not cfg.CACHE_DIR:
+        cfg.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"panst3r-numba-{getattr(os, 'getuid', lambda: 0)()}")
+        try:
+            return jit(func)
+        except RuntimeError:
+            cfg.CACHE_DIR = ""
+    if not _UNCACHED_WARNED:
+        _UNCACHED_WARNED = True
+        warnings.warn("numba finds no writable cache directory (set NUMBA_CACHE_DIR): the QUBO kernels are "
+                      "compiled in every process", RuntimeWarning)
+    return _numba.njit(nogil=True)(func)
 
 
 @_jit

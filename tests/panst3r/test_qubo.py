@@ -212,19 +212,33 @@ def test_solve_rejects_bad_arguments():
     assert qubo.solve(np.zeros((0, 0))).shape == (0,)
 
 
+def _twice(v):
+    return 2.0 * v
+
+
 @needs_numba
-def test_jit_without_a_writable_cache_compiles_per_process(monkeypatch):
-    """When numba finds no cache location (read-only package and home), _jit warns and compiles uncached."""
-    import numba.core.config
+def test_jit_caches_under_tmp_when_package_and_home_are_read_only(monkeypatch, tmp_path):
+    """No writable __pycache__ nor user cache (simulated: only the NUMBA_CACHE_DIR locator, unset): temp dir."""
+    import numba.core.config as cfg
 
-    monkeypatch.setattr(numba.core.config, "CACHE_LOCATOR_CLASSES", "IPythonCacheLocator")  # never applies here
+    monkeypatch.setattr(cfg, "CACHE_LOCATOR_CLASSES", "UserProvidedCacheLocator")
+    monkeypatch.setattr(cfg, "CACHE_DIR", "")
+    monkeypatch.setattr(qubo.tempfile, "gettempdir", lambda: str(tmp_path))
+    fn = qubo._jit(_twice)
+    assert fn(1.5) == 3.0
+    assert cfg.CACHE_DIR.startswith(str(tmp_path)) and any(p.suffix == ".nbi" for p in tmp_path.rglob("*"))
 
-    def twice(v):
-        return 2.0 * v
 
-    with pytest.warns(RuntimeWarning, match="numba cannot cache twice"):
-        fn = qubo._jit(twice)
-    assert fn(1.5) == 3.0 and fn._cache.__class__.__name__ == "NullCache"
+@needs_numba
+def test_jit_without_any_cache_location_warns_once_and_compiles(monkeypatch):
+    import numba.core.config as cfg
+
+    monkeypatch.setattr(cfg, "CACHE_LOCATOR_CLASSES", "IPythonCacheLocator")  # never applies to a .py file
+    monkeypatch.setattr(cfg, "CACHE_DIR", "")
+    monkeypatch.setattr(qubo, "_UNCACHED_WARNED", False)
+    with pytest.warns(RuntimeWarning, match="no writable cache directory"):
+        fn = qubo._jit(_twice)
+    assert fn(1.5) == 3.0 and fn._cache.__class__.__name__ == "NullCache" and cfg.CACHE_DIR == ""
 
 
 def test_build_qubo_by_hand_and_streamed_blocks():
