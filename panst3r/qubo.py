@@ -2,23 +2,19 @@
 
 The official merge picks a subset of the 200 query masks by minimising E(x) = xᵀQx + λ·mean(x) with its own
 simulated annealing (spec §4.2): 20 restarts of 10000 single-bit-flip proposals, geometric temperature
-T0=0.5 → T_end=1e-4, best state seen wins. On mask sets with many overlapping objects that annealer is weak:
-the decision between two overlapping masks freezes while the temperature is still high, and later moves
-would have to cross a barrier as large as a whole mask's area, so independent runs of it land 1e-2 apart.
-The best selections hold only a few masks, which suits a different search.
-
-`solve` runs a portfolio, every part seeded from one `np.random.SeedSequence`:
-* `num_starts` randomised greedy constructions (add the mask with the most negative energy change, picked at
-  random among the best few; GRASP), each finished by an exact steepest descent over single flips and
-  swaps (one mask out, one in), which is what moves between two overlapping masks;
-* `num_redo` restarts of the official annealing schedule, each also finished by that descent;
-* from the lowest-energy candidate, up to `insert_passes` passes of forced insertions: each unselected mask
-  in turn is added, the selected masks it makes costly are dropped, the rest is refilled greedily and
-  descended, and the result is kept when it is lower.
-The result is a local minimum for single flips and swaps.
-Both parts exist as compiled loops (numba, cached on disk and warmed up at import) and as a numpy mirror
-that performs the same floating-point operations in the same order, so both backends return the same
-state for a seed. A local field g = S·x (S = (Q+Qᵀ)/2) makes a proposal O(1) and a flip O(N).
+T0=0.5 → T_end=1e-4, best state seen wins. With many overlapping masks that annealer fixes the choice between
+two overlapping masks while the temperature is still high; undoing it later means crossing a barrier as
+large as a mask's area, so its result depends on luck. The best selections hold few masks, which suits
+a constructive search. `solve` runs a portfolio, seeded from one `np.random.SeedSequence`:
+* `num_starts` randomised greedy constructions (GRASP: add one of the few masks with the most negative
+  energy change), each finished by an exact steepest descent over single flips and swaps (one mask out,
+  one in: the move between two overlapping masks);
+* `num_redo` restarts of the official annealing schedule, each finished by the same descent;
+* from the best of these, up to `insert_passes` passes of forced insertions (add an unselected mask, drop
+  the masks it makes costly, refill greedily, descend; keep it when lower).
+Every part is a compiled loop (numba, cached on disk, warmed up at import) with a numpy mirror doing the
+same floating-point operations in the same order, so both backends return the same state for a seed.
+A local field g = S·x (S = (Q+Qᵀ)/2) makes a proposal O(1) and a flip O(N).
 """
 
 from __future__ import annotations
@@ -51,7 +47,7 @@ __all__ = [
 
 # The official annealer's schedule (spec §4.2 / §4.3).
 OFFICIAL_SCHEDULE = {"num_iters": 10000, "num_redo": 20, "t0": 0.5, "t_end": 1e-4}
-# `solve`'s portfolio: greedy starts, then annealing restarts on the official schedule.
+# `solve`'s portfolio: greedy starts, annealing restarts on the official schedule, forced-insertion passes.
 SOLVER_DEFAULTS = {"num_starts": 400, "num_redo": 4, "num_iters": 10000, "t0": 0.5, "t_end": 1e-4,
                    "insert_passes": 4}
 # Greedy starts cycle through these (alpha, rcl) pairs: candidates are the additions whose energy change is
@@ -60,14 +56,7 @@ _GREEDY_MIX = [(a, r) for r in (3, 8, 30) for a in (0.3, 0.6, 0.85)]
 _DRAWS_PER_START = 64  # uniforms per greedy start (reused cyclically past 64 additions)
 
 
-# ------------------------------------------------------------------------------------------------
-# QUBO weights
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
-# QUBO weights
-# ------------------------------------------------------------------------------------------------
+# ---- QUBO weights ----
 
 
 def _pairwise_min_sum(m: torch.Tensor, out: torch.Tensor, *, rows: int = 32, pix: int = 32768) -> None:
@@ -129,11 +118,6 @@ def build_qubo(view_masks: Iterable[torch.Tensor], *, penalty: float = 1.0, cuto
     return -weights
 
 
-# ------------------------------------------------------------------------------------------------
-# energy, random streams
-# ------------------------------------------------------------------------------------------------
-
-
 def energy(Q: np.ndarray, x: np.ndarray, lambda_reg: float = 1e-3) -> np.ndarray | float:
     """E(x) = xᵀQx + λ·mean(x) for one state [N] or a batch [R, N]."""
     Q = np.asarray(Q, dtype=np.float64)
@@ -177,21 +161,18 @@ def search_streams(num_starts: int, seed: int | np.random.SeedSequence = 0
     return u, alpha, rcl
 
 
-# ------------------------------------------------------------------------------------------------
-# compiled kernels (numba); each has a numpy mirror below doing the same arithmetic in the same order
-# ------------------------------------------------------------------------------------------------
+# ---- compiled kernels (numba); each has a numpy mirror below doing the same arithmetic in the same order ----
 
 
-_UNCACHED_WARNED = False
+_UNCACHED_WARNED = False  # one warning per process when nothing can be cached
 
 
 def _jit(func):
-    """numba.njit with the on-disk cache, or the plain function when numba is missing.
+    """numba.njit with the on-disk cache (the plain function without numba).
 
-    cache=True stores the machine code in __pycache__ next to this file or, when that folder is read-only,
-    in the user-wide cache (NUMBA_CACHE_DIR or ~/.cache/numba). When neither is writable numba refuses
-    cache=True; the kernels are then cached under the temporary directory, and compiled once per process
-    (at import, see warm_up) only when that fails too.
+    numba caches next to this file, else in NUMBA_CACHE_DIR or ~/.cache/numba, and refuses cache=True when
+    none is writable; then the temporary directory is used, and only if that fails too are the kernels
+    compiled in every process (at import, see warm_up).
     """
     global _UNCACHED_WARNED
     if _numba is None:
@@ -379,9 +360,7 @@ def _anneal_nb(S, diag, lam_n, init, flips, thr, tol):
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# numpy mirrors (used without numba; tested against the kernels state for state)
-# ------------------------------------------------------------------------------------------------
+# ---- numpy mirrors (used without numba; tested against the kernels state for state) ----
 
 
 def _field_np(S: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -509,10 +488,6 @@ def _anneal_np(S, diag, lam_n, init, flips, thr, tol) -> np.ndarray:
         _descend_np(S, diag, lam_n, out[r], _field_np(S, out[r]), tol)
     return out
 
-
-# ------------------------------------------------------------------------------------------------
-# public entry points
-# ------------------------------------------------------------------------------------------------
 
 _NUMBA_OK = _numba is not None
 
