@@ -1,7 +1,7 @@
 """QUBO merge solver vs the official annealer, re-implemented independently, over many kinds of mask sets.
 
-The reference (`official_anneal`) is a straightforward numpy transcription of the official algorithm
-(spec §4.2): 20 restarts × 10000 single-flip proposals, uniform random initial bits, full xᵀQx recomputed for
+The reference (`official_anneal`) is a straightforward numpy transcription of the official algorithm:
+20 restarts × 10000 single-flip proposals, uniform random initial bits, full xᵀQx recomputed for
 every proposal, Metropolis acceptance with a uniform drawn only when Δ >= 0, geometric temperature
 0.5 → 1e-4, best state seen wins. It draws from numpy's legacy MT19937 `RandomState`, a generator family
 that `panst3r.qubo.solve` (PCG64 streams from a `SeedSequence`) never uses, so the two searches share no

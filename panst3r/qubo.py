@@ -1,7 +1,7 @@
 """QUBO mask selection for PanSt3R's "qubo" merge: weights from soft masks and a seeded, fast solver.
 
 The official merge picks a subset of the 200 query masks by minimising E(x) = xᵀQx + λ·mean(x) with its own
-simulated annealing (spec §4.2): 20 restarts of 10000 single-bit-flip proposals, geometric temperature
+simulated annealing: 20 restarts of 10000 single-bit-flip proposals, geometric temperature
 T0=0.5 → T_end=1e-4, best state seen wins. With many overlapping masks that annealer fixes the choice between
 two overlapping masks while the temperature is still high; undoing it later means crossing a barrier as
 large as a mask's area, so its result depends on luck. The best selections hold few masks, which suits
@@ -45,7 +45,7 @@ __all__ = [
     "warm_up",
 ]
 
-# The official annealer's schedule (spec §4.2 / §4.3).
+# The official annealer's schedule.
 OFFICIAL_SCHEDULE = {"num_iters": 10000, "num_redo": 20, "t0": 0.5, "t_end": 1e-4}
 # `solve`'s portfolio: greedy starts, annealing restarts on the official schedule, forced-insertion passes.
 SOLVER_DEFAULTS = {"num_starts": 400, "num_redo": 4, "num_iters": 10000, "t0": 0.5, "t_end": 1e-4,

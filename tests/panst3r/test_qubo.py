@@ -102,7 +102,7 @@ def test_descend_reaches_a_local_minimum_and_never_goes_up():
 
 
 def test_lambda_breaks_ties_toward_fewer_masks():
-    """Two identical masks: selecting both gains nothing over one (spec §4.2), λ makes one strictly better."""
+    """Two identical masks: selecting both gains nothing over one, λ makes one strictly better."""
     Q = np.array([[-0.4, 0.4], [0.4, -0.4]])
     x, e = qubo.solve(Q, 1e-3, seed=0, return_energy=True)
     assert x.tolist() == [True, False] and e == pytest.approx(-0.4 + 1e-3 / 2)
