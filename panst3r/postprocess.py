@@ -180,7 +180,7 @@ def panoptic_qubo(pred_logits: torch.Tensor, pred_masks: Sequence[torch.Tensor],
     probability (argmax, ties -> lowest query); an owner whose cls_prob · mean winning probability is below
     prob_threshold leaves its pixels void. `conf` is the max selected probability, void pixels included.
     Segments carry the ORIGINAL query index as query_id (query_id_in_selection is the official field).
-    solver: options of `qubo.solve` (num_starts, num_redo, num_iters, t0, t_end).
+    solver: options of `qubo.solve` (num_starts, num_redo, num_iters, t0, t_end, insert_passes).
     """
     _check_inputs(pred_logits, pred_masks)
     hw = (int(true_shape[0]), int(true_shape[1]))
