@@ -61,13 +61,15 @@ class ExecutorArgs:
     """ray executor: cluster to join (auto, or HOST:PORT of `ray start --head`); default: start Ray locally."""
     cpus_per_run: int = 1
     """CPUs each run reserves (ray) and the torch/OpenMP threads it may use (both executors)."""
-    gpus_per_run: float = 0.0
-    """ray executor: GPUs each run reserves (fractions pack several runs on one GPU); Ray sets CUDA_VISIBLE_DEVICES."""
+    gpus_per_run: Optional[float] = None
+    """ray executor: GPUs each run reserves (fractions pack several runs on one GPU; Ray sets CUDA_VISIBLE_DEVICES
+    and hides GPUs from runs that reserve none); default: 1 when the cluster has GPUs and a run's device is not
+    cpu, else 0."""
 
     def __post_init__(self):
         if self.cpus_per_run < 1:
             raise InputError(f"--cpus-per-run {self.cpus_per_run}: a run needs at least 1 CPU")
-        if self.gpus_per_run < 0:
+        if self.gpus_per_run is not None and self.gpus_per_run < 0:
             raise InputError(f"--gpus-per-run {self.gpus_per_run}: must be >= 0")
         if self.workers < 1:
             raise InputError(f"--workers {self.workers}: must be >= 1")
@@ -223,7 +225,8 @@ def execute(specs: list[RunSpec], run: ExecutorArgs, console=None) -> list[dict]
     if console is not None:
         console.print(f"{len(specs)} run(s): {len(specs) - len(todo)} complete (skipped), {len(todo)} to run "
                       f"with the {run.executor} executor, {run.cpus_per_run} CPU(s)"
-                      + (f" and {run.gpus_per_run:g} GPU(s)" if run.executor == "ray" else "") + " per run")
+                      + (" and " + ("auto" if run.gpus_per_run is None else f"{run.gpus_per_run:g}") + " GPU(s)"
+                         if run.executor == "ray" else "") + " per run")
     if todo:
         for i in todo:  # a fresh log per invocation; attempts append to it
             specs[i].log.parent.mkdir(parents=True, exist_ok=True)
@@ -241,17 +244,18 @@ class _Progress:
         self.done, self.failed, self.console = initial, 0, console
 
     def finished(self, row: dict) -> None:
-        self.bar.update(1)
-        if row["status"] == "failed":
-            self.failed += 1
-            if self.console is not None:
+        failed = row["status"] == "failed"
+        self.failed += failed
+        self.done += not failed
+        if self.console is not None:
+            self.bar.clear()
+            if failed:
                 self.console.print(f"[red]failed[/red] {row_name(row)}: {row['error']}")
-        else:
-            self.done += 1
-            if self.console is not None:
+            else:
                 pq = row.get("pq")
                 self.console.print(f"done {row_name(row)}" + ("" if pq is None else f" · PQ {100 * pq:.1f}")
                                    + (f" · {row['attempts']} attempts" if row.get("attempts", 1) > 1 else ""))
+        self.bar.update(1)
 
     def running(self, n: int) -> None:
         self.bar.set_postfix_str(f"done {self.done} · failed {self.failed} · running {n}", refresh=False)
@@ -299,6 +303,16 @@ def _ray_error(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
+def _wants_gpu(spec: RunSpec) -> bool:
+    """Whether the run's resolved config may use CUDA (device auto or cuda)."""
+    from .config import parse_run_args
+
+    try:
+        return parse_run_args(spec.config, spec.command_args(1)[1:]).device != "cpu"
+    except (InputError, SystemExit):
+        return False
+
+
 def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -> None:
     try:
         import ray
@@ -308,11 +322,16 @@ def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -
     if started_here:
         ray.init(address=run.ray_address, include_dashboard=False, log_to_driver=False)
     try:
-        total = ray.cluster_resources()
-        if console is not None and run.gpus_per_run > total.get("GPU", 0):
-            console.print(f"[yellow]warning: the Ray cluster has {total.get('GPU', 0):g} GPU(s); runs asking for "
-                          f"{run.gpus_per_run:g} wait until a node with enough GPUs joins[/yellow]")
-        task = ray.remote(run_attempt).options(num_cpus=run.cpus_per_run, num_gpus=run.gpus_per_run,
+        have = ray.cluster_resources().get("GPU", 0)
+        gpus = run.gpus_per_run
+        if gpus is None:
+            gpus = 1.0 if have > 0 and any(_wants_gpu(s) for s in specs) else 0.0
+            if console is not None and gpus:
+                console.print(f"the Ray cluster has {have:g} GPU(s): each run reserves 1 (--gpus-per-run to change)")
+        if console is not None and gpus > have:
+            console.print(f"[yellow]warning: the Ray cluster has {have:g} GPU(s); runs asking for {gpus:g} wait "
+                          "until a node with enough GPUs joins[/yellow]")
+        task = ray.remote(run_attempt).options(num_cpus=run.cpus_per_run, num_gpus=gpus,
                                                max_retries=1, retry_exceptions=[SceneRunFailed])
         prog = _Progress(initial + len(specs), initial, console)
         t_submit = time.time() - 1.0
