@@ -116,6 +116,20 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _parse_quietly(parse, cfg_path: Path, args: list[str], what: str):
+    """`parse_run_args` with tyro's multi-line error box swallowed: a bad override is one InputError line."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return parse(cfg_path, args)
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
+    except SystemExit:
+        raise InputError(f"{what} is not a valid `pipeline run` override ({' '.join(args)})") from None
+
+
 def resolve_settings(sweep: SweepSpec, configs: dict[str, Path]) -> list[tuple[str, str, dict, list[str]]]:
     """(setting key, dataset, resolved values of the varied fields, run args) per setting and dataset.
 
@@ -126,17 +140,15 @@ def resolve_settings(sweep: SweepSpec, configs: dict[str, Path]) -> list[tuple[s
 
     short = [f.split(".")[-1] for f in sweep.fields]
     names = short if len(set(short)) == len(short) else sweep.fields
+    for ds, cfg_path in configs.items():  # field names first: a typo is named as such
+        base = _parse_quietly(parse_run_args, cfg_path, sweep.args, f"{sweep.path}: args {sweep.args}")
+        for f in sweep.fields:
+            _field_value(base, f, str(sweep.path))
     out = []
     for setting in sweep.settings:
         args = sweep.args + setting_args(setting)
         for ds, cfg_path in configs.items():
-            try:
-                cfg = parse_run_args(cfg_path, args)
-            except InputError as e:
-                raise InputError(f"{sweep.path}: setting {setting}: {e}") from None
-            except SystemExit:
-                raise InputError(f"{sweep.path}: setting {setting} is not a valid `pipeline run` override "
-                                 f"({' '.join(setting_args(setting))})") from None
+            cfg = _parse_quietly(parse_run_args, cfg_path, args, f"{sweep.path}: setting {setting}")
             values = {f: _field_value(cfg, f, str(sweep.path)) for f in sweep.fields}
             key = ",".join(f"{n}={_fmt(values[f])}" for n, f in zip(names, sweep.fields)).replace("/", "_")
             out.append((key, ds, values, args))
