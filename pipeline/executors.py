@@ -177,8 +177,7 @@ def completed_metrics(spec: RunSpec) -> dict | None:
     `pipeline run` whenever it is launched)."""
     from .config import STAGE_SECTIONS, parse_run_args, section_hash
 
-    metrics_path = spec.run_dir / "metrics.json"
-    metrics = read_json_if_present(metrics_path)
+    metrics = read_json_if_present(spec.run_dir / "metrics.json")
     if metrics is None:
         return None
     try:
@@ -194,13 +193,13 @@ def completed_metrics(spec: RunSpec) -> dict | None:
                 os.chdir(here)
     except (InputError, SystemExit):
         return None  # the run itself will report the problem
-    newest = metrics_path.stat().st_mtime
+    timings = metrics.get("timings_s") or {}
     for name, sections in STAGE_SECTIONS.items():
         stage_dir = spec.run_dir / name
         m = read_json_if_present(stage_dir / "manifest.json")
         if (m is None or m.get("config_hash") != section_hash(cfg, sections)
                 or not all((stage_dir / rel).is_file() for rel in m.get("outputs", []))
-                or (stage_dir / "manifest.json").stat().st_mtime > newest):
+                or timings.get(name) != m.get("wall_s")):  # metrics.json predates this stage's result
             return None
     return metrics
 
@@ -320,7 +319,12 @@ def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -
         raise InputError("--executor ray needs Ray: pip install -e '.[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=run.ray_address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=run.ray_address or None, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError) as e:  # no cluster there, or not an address
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"--ray-address {run.ray_address}: cannot join a Ray cluster ({first}); start one with "
+                             "`ray start --head`, or leave --ray-address out to run Ray on this machine") from None
     try:
         have = ray.cluster_resources().get("GPU", 0)
         gpus = run.gpus_per_run
