@@ -227,9 +227,6 @@ def execute(specs: list[RunSpec], run: ExecutorArgs, console=None) -> list[dict]
                       + (" and " + ("auto" if run.gpus_per_run is None else f"{run.gpus_per_run:g}") + " GPU(s)"
                          if run.executor == "ray" else "") + " per run")
     if todo:
-        for i in todo:  # a fresh log per invocation; attempts append to it
-            specs[i].log.parent.mkdir(parents=True, exist_ok=True)
-            specs[i].log.write_text("")
         driver = _execute_ray if run.executor == "ray" else _execute_local
         driver([specs[i] for i in todo], todo, rows, run, console, len(specs) - len(todo))
     return [rows[i] for i in range(len(specs))]
@@ -267,6 +264,13 @@ def row_name(row: dict) -> str:
     return "/".join(str(v) for k, v in row.items() if k in ("setting", "dataset", "scene"))
 
 
+def _fresh_logs(specs: list[RunSpec]) -> None:
+    """A fresh log per invocation (attempts append to it), written once the executor is up."""
+    for spec in specs:
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        spec.log.write_text("")
+
+
 def _run_with_retry(spec: RunSpec, threads: int) -> dict:
     try:
         return run_attempt(spec, threads)
@@ -278,6 +282,7 @@ def _run_with_retry(spec: RunSpec, threads: int) -> dict:
 
 
 def _execute_local(specs, index, rows, run: ExecutorArgs, console, initial: int) -> None:
+    _fresh_logs(specs)
     prog = _Progress(initial + len(specs), initial, console)
     t_submit = time.time() - 1.0
     try:
@@ -337,6 +342,7 @@ def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -
                           "until a node with enough GPUs joins[/yellow]")
         task = ray.remote(run_attempt).options(num_cpus=run.cpus_per_run, num_gpus=gpus,
                                                max_retries=1, retry_exceptions=[SceneRunFailed])
+        _fresh_logs(specs)
         prog = _Progress(initial + len(specs), initial, console)
         t_submit = time.time() - 1.0
         refs = {task.remote(s, run.cpus_per_run): (i, s) for i, s in zip(index, specs)}
