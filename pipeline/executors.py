@@ -170,34 +170,49 @@ def failed_row(spec: RunSpec, error: str) -> dict:
             "error": " ".join(error.split())}
 
 
+def _resolved_config(spec: RunSpec):
+    """The RunConfig `pipeline run` will build for this spec, or None when its arguments are invalid (the run
+    then reports why, in its log)."""
+    import contextlib
+    import io
+
+    from .config import parse_run_args
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return parse_run_args(spec.config, spec.command_args(1)[1:])
+    except (InputError, SystemExit):
+        return None
+
+
 def completed_metrics(spec: RunSpec) -> dict | None:
     """metrics.json of a run whose every stage manifest matches the config it would run with now, else None.
 
     Judged on config hashes and outputs (the scene files are not re-hashed: a run is re-checked in full by
     `pipeline run` whenever it is launched)."""
-    from .config import STAGE_SECTIONS, parse_run_args, section_hash
+    from .cache import config_hash
+    from .run import absolute_paths
+    from .stages import STAGES
 
     metrics = read_json_if_present(spec.run_dir / "metrics.json")
     if metrics is None:
         return None
+    here = Path.cwd()
+    if here != spec.cwd:
+        os.chdir(spec.cwd)  # relative paths in the config resolve as the run will resolve them
     try:
-        from .run import absolute_paths
-
-        here = Path.cwd()
+        cfg = _resolved_config(spec)
+        cfg = None if cfg is None else absolute_paths(cfg)
+    finally:
         if here != spec.cwd:
-            os.chdir(spec.cwd)  # relative paths in the config resolve as the run will resolve them
-        try:
-            cfg = absolute_paths(parse_run_args(spec.config, spec.command_args(1)[1:]))
-        finally:
-            if here != spec.cwd:
-                os.chdir(here)
-    except (InputError, SystemExit):
+            os.chdir(here)
+    if cfg is None:
         return None  # the run itself will report the problem
     timings = metrics.get("timings_s") or {}
-    for name, sections in STAGE_SECTIONS.items():
+    for name, stage in STAGES.items():
         stage_dir = spec.run_dir / name
         m = read_json_if_present(stage_dir / "manifest.json")
-        if (m is None or m.get("config_hash") != section_hash(cfg, sections)
+        if (m is None or m.get("config_hash") != config_hash(cfg, stage.sections, stage.exclude)
                 or not all((stage_dir / rel).is_file() for rel in m.get("outputs", []))
                 or timings.get(name) != m.get("wall_s")):  # metrics.json predates this stage's result
             return None
@@ -309,12 +324,8 @@ def _ray_error(e: Exception) -> str:
 
 def _wants_gpu(spec: RunSpec) -> bool:
     """Whether the run's resolved config may use CUDA (device auto or cuda)."""
-    from .config import parse_run_args
-
-    try:
-        return parse_run_args(spec.config, spec.command_args(1)[1:]).device != "cpu"
-    except (InputError, SystemExit):
-        return False
+    cfg = _resolved_config(spec)
+    return cfg is not None and cfg.device != "cpu"
 
 
 def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -> None:
