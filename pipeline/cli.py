@@ -16,7 +16,7 @@ import sys
 import traceback
 import typing
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Literal, Optional
 
 import tyro
 from tyro.conf import Positional
@@ -199,7 +199,7 @@ def export(run_dir: Positional[Path], out: Optional[Path] = None, per_instance: 
 
 
 def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None,
-          run: Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
+          run: typing.Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
     """Run every PanLift benchmark scene found under DATA_ROOT and print ours next to the published table.
 
     Each scene is one `pipeline run` (locally or as a Ray task), retried once if it fails; complete runs are
@@ -216,7 +216,7 @@ def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None,
 
 
 def sweep(spec: Positional[Path], data_root: Optional[Path] = None, out: Optional[Path] = None,
-          run: Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
+          run: typing.Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
     """Run a grid or list of config settings x benchmark scenes; one table (a column per varied field) and a plot.
 
     Args:
