@@ -122,3 +122,22 @@ def test_out_folder_that_is_not_ours_is_refused(tmp_path):
     claim_output_dir(tmp_path / "new", "table")  # an earlier table's folder is reused
     with pytest.raises(InputError, match="not written by `pipeline sweep`"):
         claim_output_dir(tmp_path / "new", "sweep")
+
+
+def test_table_cli_refuses_a_folder_it_did_not_write(tmp_path):
+    """The exact interface (`table CONFIG --data-root DIR --out DIR --executor ray`): one line, exit 2, nothing
+    touched, before Ray is started."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data" / "replica" / "room_0").mkdir(parents=True)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "table", str(REPO / "configs/panlift.yaml"), "--data-root",
+                           str(tmp_path / "data"), "--out", str(out), "--executor", "ray"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {out}: exists, is not empty and was not written by `pipeline table`; pass a new or empty --out DIR "
+        "(nothing there was changed)")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
