@@ -219,9 +219,10 @@ def completed_metrics(spec: RunSpec) -> dict | None:
     return metrics
 
 
-def _started(spec: RunSpec, since: float) -> bool:
+def _started(spec: RunSpec) -> bool:
+    """An attempt has begun: its header is in the log (emptied when the command started)."""
     try:
-        return spec.log.stat().st_mtime >= since
+        return spec.log.stat().st_size > 0
     except FileNotFoundError:
         return False
 
@@ -299,7 +300,6 @@ def _run_with_retry(spec: RunSpec, threads: int) -> dict:
 def _execute_local(specs, index, rows, run: ExecutorArgs, console, initial: int) -> None:
     _fresh_logs(specs)
     prog = _Progress(initial + len(specs), initial, console)
-    t_submit = time.time() - 1.0
     try:
         with ThreadPoolExecutor(max_workers=run.workers) as pool:  # threads only wait on subprocesses
             futs = {pool.submit(_run_with_retry, s, run.cpus_per_run): (i, s) for i, s in zip(index, specs)}
@@ -309,7 +309,7 @@ def _execute_local(specs, index, rows, run: ExecutorArgs, console, initial: int)
                 for f in finished:
                     rows[futs[f][0]] = f.result()
                     prog.finished(rows[futs[f][0]])
-                prog.running(sum(_started(futs[f][1], t_submit) for f in pending))
+                prog.running(sum(_started(futs[f][1]) for f in pending))
     finally:
         prog.close()
 
@@ -355,7 +355,6 @@ def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -
                                                max_retries=1, retry_exceptions=[SceneRunFailed])
         _fresh_logs(specs)
         prog = _Progress(initial + len(specs), initial, console)
-        t_submit = time.time() - 1.0
         refs = {task.remote(s, run.cpus_per_run): (i, s) for i, s in zip(index, specs)}
         pending = list(refs)
         try:
@@ -368,7 +367,7 @@ def _execute_ray(specs, index, rows, run: ExecutorArgs, console, initial: int) -
                     except Exception as e:  # the retry failed too (RayTaskError, WorkerCrashedError, ...)
                         rows[i] = failed_row(spec, _ray_error(e))
                     prog.finished(rows[i])
-                prog.running(sum(_started(refs[r][1], t_submit) for r in pending))
+                prog.running(sum(_started(refs[r][1]) for r in pending))
         except BaseException:
             for ref in pending:  # Ctrl-C: stop the cluster's work too; the next invocation resumes
                 ray.cancel(ref, force=True)
