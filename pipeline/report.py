@@ -195,9 +195,10 @@ def _next_steps(doc: "_Doc", run: Path) -> None:
     elif (run / "splat" / "gaussians.ply").is_file():
         lines.append(f"Gaussians (no labels in this run): {run / 'splat' / 'gaussians.ply'}")
     if lines:
-        lines += [f"look at them in the browser: python -m pipeline view {run}",
-                  f"export them (labelled.ply + legend.json, optionally one PLY per instance): "
-                  f"python -m pipeline export {run} --out {run / 'export'} [--per-instance]"]
+        lines.append(f"look at them in the browser: python -m pipeline view {run}")
+    if labelled.is_file():
+        lines.append(f"export them (labelled.ply + legend.json, optionally one PLY per instance): "
+                     f"python -m pipeline export {run} --out {run / 'export'} [--per-instance]")
         doc.h("Outputs", 3)
         doc.code("\n".join(lines))
 
@@ -304,7 +305,8 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     if rows:
         doc.table(["predictions", *HEADLINE_LABELS], rows)
     else:
-        doc.p("No evaluation in this run (the scene has no GT, or evaluation was off).")
+        doc.p("No panoptic evaluation: this is a geometry-only run (segment.kind none)." if seg_kind == "none" else
+              "No evaluation in this run (the scene has no GT, or evaluation was off).")
     extra = []
     if metrics.get("psnr") is not None:
         extra.append(f"test-view PSNR {metrics['psnr']:.2f} dB")

@@ -191,7 +191,8 @@ def test_report_of_a_geometry_only_run(tmp_path):
     assert "Geometry-only run" in page and "21.50 dB" in page and "Colour key" not in page
     assert "0_rgb" in page and "0_captured" in page and "0_pred" not in page
     assert len(re.findall(r"data:image/png;base64,", page)) == 2 + 1  # rgb | captured, and the training curve
-    assert "No evaluation in this run" in page
+    assert "No panoptic evaluation: this is a geometry-only run (segment.kind none)." in page
+    assert "python -m pipeline export" not in page  # nothing labelled to export
 
 
 def _chromium() -> str | None:
