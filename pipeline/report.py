@@ -280,6 +280,79 @@ table.key td{padding:1px 8px}pre{background:#f6f6f6;padding:8px;overflow-x:auto;
 .views>div:first-child{flex:none}.views>div:last-child{position:sticky;top:8px}table.key td{white-space:nowrap}"""
 
 
+def _test_views(doc: "_Doc", run: Path, cfg: dict, num_views: int):
+    """Rendered test views beside the colour key, then the per-instance table; returns the scene (or None)."""
+    scene_path = (cfg.get("scene") or {}).get("path")
+    doc.h("Test views")
+    rdir = run / "render"
+    stems = sorted((p.stem for p in (rdir / "pred_surrogateid").glob("*.png")), key=lambda s: (len(s), s))
+    scene = None
+    if scene_path:
+        try:
+            from .scene import load_scene
+
+            scene = load_scene(scene_path, (cfg.get("scene") or {}).get("format", "auto"))
+        except Exception as e:  # the report must not die on a moved scene
+            doc.p(f"(scene not readable for GT pictures: {e})")
+    if not stems and (rdir / "rgb").is_dir():
+        _rgb_only_views(doc, rdir, scene, num_views)
+    elif not stems:
+        doc.p("No rendered test views in this run.")
+    pick = [stems[int(i)] for i in np.linspace(0, len(stems) - 1, min(num_views, len(stems)))] if stems else []
+    shown: list[tuple[np.ndarray, np.ndarray]] = []  # (panoptic ids, classes) of the overlays, for the colour key
+    if pick:
+        doc.html.append("<div class=views><div>")
+    for s in pick:
+        inst = read_png(rdir / "pred_surrogateid" / f"{s}.png").astype(np.int64)
+        sem = read_png(rdir / "pred_semantics" / f"{s}.png").astype(np.int64)
+        hw = inst.shape
+        rgb_p = rdir / "rgb" / f"{s}.png"
+        rgb = read_png(rgb_p)[..., :3] if rgb_p.is_file() else np.zeros(hw + (3,), np.uint8)
+        # the evaluator collapses stuff to one segment per class; show the same thing
+        pan = panoptic_view_ids(sem, inst)
+        shown.append((pan, sem))
+        items = [(f"{s}_rgb.png", _png_bytes(rgb)), (f"{s}_pred.png", _png_bytes(overlay(rgb, pan)))]
+        if scene is not None and scene.frames.get(s) is not None and scene.frames[s].semantics is not None:
+            gs = resize_nearest(scene.load_semantics(s), hw)
+            gi = resize_nearest(scene.load_instance(s), hw)
+            gid, _ = gt_panoptic_ids(gs, gi)
+            items.append((f"{s}_gt.png", _png_bytes(overlay(rgb, gid))))
+            items.append((f"{s}_error.png", _png_bytes(error_map(sem, inst, gs, gi))))
+        doc.images(items)
+    if pick:
+        doc.html.append("</div><div>")  # the colour key to the right of the overlays
+        _colour_key(doc, shown, read_json_if_present(run / "uplift" / "legend.json") or {})
+        doc.html.append("</div></div>")
+        doc.p("Columns: rendered RGB | predicted panoptic overlay | GT overlay | error map "
+              "(green = right class, red = wrong class, orange = right class but wrong instance, black = GT void).")
+        _instance_table(doc, run)
+    return scene
+
+
+def _contact_sheet(doc: "_Doc", folder: Path, scene, count: int, prefix: str, caption: str) -> bool:
+    """Overlays of folder/instance/<stem>.png on the train images (evenly spaced), coloured like the test views
+    (`_segment_view_ids`); False when there are none."""
+    seg_inst = sorted((folder / "instance").glob("*.png"), key=lambda p: (len(p.stem), p.stem))
+    if scene is not None:
+        seg_inst = [p for p in seg_inst if p.stem in set(scene.train)] or seg_inst
+    if not seg_inst:
+        return False
+    idx = np.linspace(0, len(seg_inst) - 1, min(count, len(seg_inst))).astype(int)
+    items = []
+    for i in idx:
+        p = seg_inst[i]
+        ids = _segment_view_ids(p)
+        base = None
+        if scene is not None and p.stem in scene.frames:
+            base = (scene.load_rgb(p.stem) * 255 + 0.5).astype(np.uint8)
+            if base.shape[:2] != ids.shape:
+                base = np.array(Image.fromarray(base).resize(ids.shape[::-1], Image.BILINEAR))
+        img = overlay(base, ids) if base is not None else colorize(ids)
+        items.append((f"{prefix}_{p.stem}.png", _png_bytes(img, max_w=200)))
+    doc.images(items, f"{len(idx)} of {len(seg_inst)} train views; {caption}.")
+    return True
+
+
 def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 16) -> Path:
     """Write RUN_DIR/report.html and report.md (+ report_assets/); return the HTML path."""
     run = Path(run_dir)
@@ -336,72 +409,12 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
                   [[k, f"{v:.1f}", f"{rss[k]:.0f}" if k in rss else "–"] for k, v in timings.items()]
                   + [["total", f"{sum(timings.values()):.1f}", ""]])
 
-    # -- test views ------------------------------------------------------------------------------
-    doc.h("Test views")
-    rdir = run / "render"
-    stems = sorted((p.stem for p in (rdir / "pred_surrogateid").glob("*.png")), key=lambda s: (len(s), s))
-    scene = None
-    if scene_path:
-        try:
-            from .scene import load_scene
-
-            scene = load_scene(scene_path, (cfg.get("scene") or {}).get("format", "auto"))
-        except Exception as e:  # the report must not die on a moved scene
-            doc.p(f"(scene not readable for GT pictures: {e})")
-    if not stems and (rdir / "rgb").is_dir():
-        _rgb_only_views(doc, rdir, scene, num_views)
-    elif not stems:
-        doc.p("No rendered test views in this run.")
-    pick = [stems[int(i)] for i in np.linspace(0, len(stems) - 1, min(num_views, len(stems)))] if stems else []
-    shown: list[tuple[np.ndarray, np.ndarray]] = []  # (panoptic ids, classes) of the overlays, for the colour key
-    if pick:
-        doc.html.append("<div class=views><div>")
-    for s in pick:
-        inst = read_png(rdir / "pred_surrogateid" / f"{s}.png").astype(np.int64)
-        sem = read_png(rdir / "pred_semantics" / f"{s}.png").astype(np.int64)
-        hw = inst.shape
-        rgb_p = rdir / "rgb" / f"{s}.png"
-        rgb = read_png(rgb_p)[..., :3] if rgb_p.is_file() else np.zeros(hw + (3,), np.uint8)
-        # the evaluator collapses stuff to one segment per class; show the same thing
-        pan = panoptic_view_ids(sem, inst)
-        shown.append((pan, sem))
-        items = [(f"{s}_rgb.png", _png_bytes(rgb)), (f"{s}_pred.png", _png_bytes(overlay(rgb, pan)))]
-        if scene is not None and scene.frames.get(s) is not None and scene.frames[s].semantics is not None:
-            gs = resize_nearest(scene.load_semantics(s), hw)
-            gi = resize_nearest(scene.load_instance(s), hw)
-            gid, _ = gt_panoptic_ids(gs, gi)
-            items.append((f"{s}_gt.png", _png_bytes(overlay(rgb, gid))))
-            items.append((f"{s}_error.png", _png_bytes(error_map(sem, inst, gs, gi))))
-        doc.images(items)
-    if pick:
-        doc.html.append("</div><div>")  # the colour key to the right of the overlays
-        _colour_key(doc, shown, read_json_if_present(run / "uplift" / "legend.json") or {})
-        doc.html.append("</div></div>")
-        doc.p("Columns: rendered RGB | predicted panoptic overlay | GT overlay | error map "
-              "(green = right class, red = wrong class, orange = right class but wrong instance, black = GT void).")
-        _instance_table(doc, run)
+    scene = _test_views(doc, run, cfg, num_views)
 
     # -- segmenter contact sheet ---------------------------------------------------------------------
     doc.h("Segmenter outputs on training views")
-    seg_inst = sorted((run / "segment" / "instance").glob("*.png"), key=lambda p: (len(p.stem), p.stem))
-    if scene is not None:
-        seg_inst = [p for p in seg_inst if p.stem in set(scene.train)] or seg_inst
-    if seg_inst:
-        idx = np.linspace(0, len(seg_inst) - 1, min(contact_sheet, len(seg_inst))).astype(int)
-        items = []
-        for i in idx:
-            p = seg_inst[i]
-            ids = _segment_view_ids(p)
-            base = None
-            if scene is not None and p.stem in scene.frames:
-                base = (scene.load_rgb(p.stem) * 255 + 0.5).astype(np.uint8)
-                if base.shape[:2] != ids.shape:
-                    base = np.array(Image.fromarray(base).resize(ids.shape[::-1], Image.BILINEAR))
-            img = overlay(base, ids) if base is not None else colorize(ids)
-            items.append((f"seg_{p.stem}.png", _png_bytes(img, max_w=200)))
-        doc.images(items, f"{len(idx)} of {len(seg_inst)} segmented views; one colour per thing id (ids are shared "
-                          "across views) and per stuff class, the same colours as in the test views and their key.")
-    else:
+    if not _contact_sheet(doc, run / "segment", scene, contact_sheet, "seg", "one colour per thing id (ids are shared "
+                          "across views) and per stuff class, the same colours as in the test views and their key"):
         doc.p("No segmenter outputs in this run.")
 
     # -- training curve ---------------------------------------------------------------------------
