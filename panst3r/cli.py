@@ -111,6 +111,8 @@ def class_vocabulary(classes: str = "panlift", text_embeddings: Optional[Path] =
         try:
             emb = text.encode_classes(prompts, device=device).float().cpu()
         except InputError as e:
+            if "sentencepiece" in str(e):  # SigLIP is there; its tokenizer's dependency is not: that line says so
+                raise
             raise InputError(f"no class text embeddings: PanSt3R checkpoints do not store them and no SigLIP text "
                              f"model is available offline (nothing is downloaded); pass {how}") from None
     return Vocabulary(names, list(prompts), [int(i) for i in ids], emb)
