@@ -138,8 +138,8 @@ def check_ply_header(path: Path) -> int:
     end = head.find(b"end_header")
     nl = head.find(b"\n", end)
     if not head.startswith(b"ply") or end < 0 or nl < 0:
-        raise InputError(f"{path}: not a PLY file (no 'ply ... end_header' header in its first {_MAX_HEADER} bytes); "
-                         "re-export the Gaussians")
+        raise InputError(f"{path}: cannot read as a PLY file (no 'ply ... end_header' header in its first "
+                         f"{_MAX_HEADER} bytes); re-export the Gaussians")
     body = path.stat().st_size - (nl + 1)
     fmt, elements = None, []  # [name, count, min bytes per row, properties]
     for raw in head[:end].decode("ascii", "replace").splitlines():

@@ -258,7 +258,7 @@ def test_ply_header_check_accepts_what_fits(tmp_path, reference):
     with pytest.raises(InputError, match="claims 21 vertex"):
         check_ply_header(_ply(tmp_path / "no.ply", "binary_little_endian", 21, b"\0" * 240))
     (tmp_path / "plain.ply").write_text("hello, not a PLY")
-    with pytest.raises(InputError, match="plain.ply: not a PLY file"):
+    with pytest.raises(InputError, match="plain.ply: cannot read as a PLY file"):
         check_ply_header(tmp_path / "plain.ply")
     from plyfile import PlyData
 

@@ -49,7 +49,7 @@ def test_unlabelled_ply_and_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_splats(tmp_path / "none.ply")
     (tmp_path / "bad.ply").write_text("hello")
-    with pytest.raises(InputError, match="bad.ply: not a PLY file"):
+    with pytest.raises(InputError, match="bad.ply: cannot read as a PLY"):
         load_splats(tmp_path / "bad.ply")
 
 
