@@ -97,6 +97,10 @@ class _Doc:
         self.html.append(f"<p>{html.escape(text)}</p>")
         self.md.append(text + "\n")
 
+    def warn(self, text: str):
+        self.html.append(f"<p class=warn>WARNING: {html.escape(text)}</p>")
+        self.md.append(f"**WARNING:** {text}\n")
+
     def table(self, header: list[str], rows: list[list[str]]):
         th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -120,7 +124,30 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;col
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0}figcaption{font-size:11px;color:#555;text-align:center}img{image-rendering:pixelated;max-width:296px}
-.cap{font-size:12px;color:#555}.note{color:#8a5a00}"""
+.cap{font-size:12px;color:#555}.note{color:#8a5a00}.warn{color:#b00;font-weight:bold}"""
+
+
+def _contact_sheet(doc: _Doc, folder: Path, scene, count: int, prefix: str, caption: str) -> bool:
+    """Overlays of folder/instance/<stem>.png on the train images (evenly spaced); False when there are none."""
+    seg_inst = sorted((folder / "instance").glob("*.png"), key=lambda p: (len(p.stem), p.stem))
+    if scene is not None:
+        seg_inst = [p for p in seg_inst if p.stem in set(scene.train)] or seg_inst
+    if not seg_inst:
+        return False
+    idx = np.linspace(0, len(seg_inst) - 1, min(count, len(seg_inst))).astype(int)
+    items = []
+    for i in idx:
+        p = seg_inst[i]
+        ids = read_png(p).astype(np.int64)
+        base = None
+        if scene is not None and p.stem in scene.frames:
+            base = (scene.load_rgb(p.stem) * 255 + 0.5).astype(np.uint8)
+            if base.shape[:2] != ids.shape:
+                base = np.array(Image.fromarray(base).resize(ids.shape[::-1], Image.BILINEAR))
+        img = overlay(base, ids) if base is not None else colorize(ids)
+        items.append((f"{prefix}_{p.stem}.png", _png_bytes(img, max_w=200)))
+    doc.images(items, f"{len(idx)} of {len(seg_inst)} train views; {caption}.")
+    return True
 
 
 def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 16) -> Path:
@@ -136,6 +163,19 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     seg_kind = (cfg.get("segment") or {}).get("kind", "?")
     doc.p(f"scene: {scene_path or '?'} · segmenter: {seg_kind}"
           + (" (SIMULATED segmenter: GT with synthetic noise, not a real model)" if seg_kind == "simulated" else ""))
+
+    warnings = metrics.get("warnings") or []
+    if warnings:
+        doc.h("WARNINGS")
+        for w in warnings:
+            doc.warn(w)
+    sc = metrics.get("self_check")
+    if isinstance(sc, dict) and sc.get("agreement") is not None:
+        doc.p(f"self-check ({len(sc.get('views', []))} train views re-rendered from the uplifted Gaussians vs their own "
+              f"masks): pixel agreement {sc['agreement']:.1%}, class agreement {sc.get('class_agreement') or 0:.1%}, "
+              f"PQ {format_pct(sc.get('pq'))}"
+              + (f" · rendered test pixels left void: {metrics['render_void_share']:.1%}"
+                 if metrics.get("render_void_share") is not None else ""))
 
     # -- metrics ------------------------------------------------------------------------------
     doc.h("Metrics (scene-level PQ, PanLift protocol, ×100)")
@@ -212,27 +252,17 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
         doc.p("Columns: rendered RGB | predicted panoptic overlay | GT overlay | error map "
               "(green = right class, red = wrong class, orange = right class but wrong instance, black = GT void).")
 
-    # -- segmenter contact sheet ---------------------------------------------------------------------
+    # -- segmenter contact sheet(s) ----------------------------------------------------------------
     doc.h("Segmenter outputs on training views")
-    seg_inst = sorted((run / "segment" / "instance").glob("*.png"), key=lambda p: (len(p.stem), p.stem))
-    if scene is not None:
-        seg_inst = [p for p in seg_inst if p.stem in set(scene.train)] or seg_inst
-    if seg_inst:
-        idx = np.linspace(0, len(seg_inst) - 1, min(contact_sheet, len(seg_inst))).astype(int)
-        items = []
-        for i in idx:
-            p = seg_inst[i]
-            ids = read_png(p).astype(np.int64)
-            base = None
-            if scene is not None and p.stem in scene.frames:
-                base = (scene.load_rgb(p.stem) * 255 + 0.5).astype(np.uint8)
-                if base.shape[:2] != ids.shape:
-                    base = np.array(Image.fromarray(base).resize(ids.shape[::-1], Image.BILINEAR))
-            img = overlay(base, ids) if base is not None else colorize(ids)
-            items.append((f"seg_{p.stem}.png", _png_bytes(img, max_w=200)))
-        doc.images(items, f"{len(idx)} of {len(seg_inst)} segmented views; one colour per instance id (ids are shared across views).")
-    else:
+    per_frame = seg_kind == "per_frame"
+    if not _contact_sheet(doc, run / "segment", scene, contact_sheet, "seg",
+                          "one colour per id; per-frame ids: the same object has different colours in different views"
+                          if per_frame else "one colour per instance id (ids are shared across views)"):
         doc.p("No segmenter outputs in this run.")
+    if (run / "uplift" / "associated" / "instance").is_dir():
+        doc.h("Associated train masks (per-frame segments joined into scene-wide instances in 3D)", 3)
+        _contact_sheet(doc, run / "uplift" / "associated", scene, contact_sheet, "assoc",
+                       "one colour per scene-wide instance id after association")
 
     # -- training curve ---------------------------------------------------------------------------
     doc.h("Training")

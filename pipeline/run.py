@@ -194,6 +194,25 @@ def collect_metrics(run_dir: Path) -> dict:
             rss[name] = m.get("peak_rss_mb")
     out["timings_s"] = timings
     out["peak_rss_mb"] = rss
+    out.update(_checks(run_dir))
+    return out
+
+
+def _checks(run_dir: Path) -> dict:
+    """Warnings, self-check and render void share from the uplift and render manifests (pipeline.checks)."""
+    uinfo = (read_json_if_present(run_dir / "uplift" / "manifest.json") or {}).get("info", {})
+    rinfo = (read_json_if_present(run_dir / "render" / "manifest.json") or {}).get("info", {})
+    out: dict = {"warnings": list(uinfo.get("warnings") or []) + list(rinfo.get("warnings") or [])}
+    if uinfo.get("self_check") is not None:
+        out["self_check"] = uinfo["self_check"]
+    for key, name in (("labelled_fraction", "gaussians"), ("labelled_nonvoid_pixels", "nonvoid_train_pixels")):
+        if uinfo.get(key) is not None:
+            out.setdefault("labelled_share", {})[name] = uinfo[key]
+    if rinfo.get("void_share") is not None:
+        out["render_void_share"] = rinfo["void_share"]
+        out["render_filled_share"] = rinfo.get("filled_share")
+    if uinfo.get("association"):
+        out["association"] = uinfo["association"]
     return out
 
 
@@ -247,6 +266,8 @@ def print_summary(outcome: RunOutcome, console) -> None:
         extra.append(f"{m['num_gaussians']:,} Gaussians")
     extra.append(f"total {outcome.wall_s:.1f} s")
     console.print(" · ".join(extra))
+    for w in m.get("warnings") or []:
+        console.print(f"[bold red]WARNING:[/bold red] {w}")
     if outcome.report is not None:
         console.print(f"report: {outcome.report}")
 
