@@ -102,6 +102,12 @@ def read_mask_pair(sem_path: Path, inst_path: Path, width: int, height: int, ste
     if sem.ndim != 2:
         raise InputError(f"{sem_path}: semantics must be a single-channel PNG of class ids (uint8 or uint16), "
                          f"got shape {sem.shape}")
+    if inst.ndim == 3 and inst.shape[2] >= 3:  # an RGB-encoded id map (COCO panoptic: R + 256 G + 256² B)?
+        rgb = inst[..., :3].astype(np.int64)
+        top = int((rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]).max())
+        if top > UINT16_MAX:
+            raise InputError(f"{inst_path}: RGB-encoded instance ids up to {top}, beyond uint16 (0..{UINT16_MAX}); "
+                             "renumber the ids and write a single-channel 16-bit PNG")
     if inst.ndim != 2:
         raise InputError(f"{inst_path}: instance must be a single-channel uint16 PNG of ids, got shape {inst.shape}")
     if sem.shape != inst.shape:

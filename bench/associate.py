@@ -1,0 +1,133 @@
+"""Per-frame masks associated in 3D vs the same masks with consistent ids, side by side, on synthetic scenes.
+
+For each scene (the demo scene and the `hard` preset: more objects, same-class neighbours), one pipeline run with
+`--segment.kind per_frame` on the scene's SIMULATED per-frame masks (m2f_*: over-/under-segmentation, shuffled
+ids, stuff with instance 0) gives:
+  * per-frame direct PQ: the per-frame predictions scored as they are on the test views (segmenter_on_test);
+  * associated + uplifted PQ: the run's uplift PQ;
+  * association wall time (clustering + merging, after the shared LUDVIG pass) vs the uplift stage's wall time.
+Then, on the SAME Gaussians, the same SIMULATED masks with consistent ids (simulated_m2f_consistent/) are uplifted
+with plain LUDVIG, rendered and scored: the upper reference. Optionally (--with-pan) the consistent masks are also
+uplifted onto Gaussians trained WITH the panoptic-colour regulariser on those consistent masks (what a per_frame run
+cannot do without association first), to measure what λ_pan = 0 costs.
+
+    python bench/associate.py --out /tmp/bench_assoc [--scenes demo hard] [--with-pan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).absolute().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _run(scene: Path, out: Path, *extra: str):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "pipeline", "run", str(REPO / "configs" / "demo.yaml"), "--scene.path", str(scene),
+           "--output.dir", str(out), *extra]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(p.stdout[-3000:] + p.stderr[-3000:])
+    return time.perf_counter() - t0
+
+
+def consistent_reference(scene_dir: Path, run: Path, out: Path) -> dict:
+    """Plain LUDVIG uplift of the consistent-id version of the same SIMULATED masks, on the run's Gaussians."""
+    import torch
+
+    from pipeline.common.classes import PANLIFT_CLASSES  # noqa: F401
+    from pipeline.common.io import read_png
+    from pipeline.common.labels import resize_nearest
+    from pipeline.masks import segment_ids
+    from pipeline.metrics import evaluate_scene, json_safe
+    from pipeline.scene import load_scene
+    from splat.ply import load_ply
+    from splat.render import Cameras
+    from uplift.ludvig import instance_classes, uplift
+    from uplift.render import render_panoptic, write_predictions
+
+    torch.set_num_threads(1)
+    scene = load_scene(scene_dir)
+    src = scene_dir / "simulated_m2f_consistent"
+    g, _ = load_ply(run / "splat" / "gaussians.ply")
+    cams = Cameras.from_frames([scene.frame(s) for s in scene.train])
+    H, W = cams.height, cams.width
+    maps, classes = [], []
+    for s in scene.train:
+        sem = read_png(src / "semantics" / f"{s}.png").astype(np.int64)
+        inst = read_png(src / "instance" / f"{s}.png").astype(np.int64)
+        maps.append(resize_nearest(segment_ids(sem, inst, src), (H, W)))
+        classes.append(resize_nearest(sem, (H, W)))
+    t0 = time.perf_counter()
+    res = uplift(g, cams, maps, progress=False)
+    t_uplift = time.perf_counter() - t0
+    id_to_class = instance_classes(maps, classes)
+    for s in scene.test:
+        cam = Cameras.from_frames([scene.frame(s)])
+        inst, sem, _ = render_panoptic(g, res, cam, id_to_class, min_labelled_share=0.5, fill_px=8.0)
+        write_predictions(out, [s], inst, sem)
+    m = json_safe(evaluate_scene(scene_dir, out))
+    return {"pq": m["pq"], "pq_th": m["pq_th"], "pq_st": m["pq_st"], "miou": m["miou"], "uplift_s": t_uplift}
+
+
+def bench_scene(name: str, scene: Path, out: Path, with_pan: bool) -> dict:
+    run = out / f"run_{name}_per_frame"
+    wall = _run(scene, run, "--segment.kind", "per_frame")
+    m = json.loads((run / "metrics.json").read_text())
+    man = json.loads((run / "uplift" / "manifest.json").read_text())
+    assoc = man["info"]["association"]
+    row = {"scene": name, "per_frame_direct_pq": m["segmenter_on_test"]["pq"], "associated_pq": m["uplift"]["pq"],
+           "associated_pq_th": m["uplift"]["pq_th"], "uplift_stage_s": man["wall_s"],
+           "association_s": assoc["association_s"], "ludvig_pass_s": assoc["ludvig_pass_s"],
+           "uplift_stage_peak_rss_mb": man["peak_rss_mb"], "sparse_mb": assoc["sparse_mb"],
+           "sparse_entries": assoc["sparse_entries"], "num_segments": assoc["num_segments"],
+           "num_instances": assoc["num_instances"], "num_gaussians": m.get("num_gaussians"),
+           "self_check": m.get("self_check"), "warnings": m.get("warnings"), "run_wall_s": wall}
+    ref = consistent_reference(scene, run, out / f"ref_{name}")
+    row["consistent_pq"] = ref["pq"]
+    row["consistent_uplift_s"] = ref["uplift_s"]
+    if with_pan:
+        run_pan = out / f"run_{name}_consistent_pan"
+        _run(scene, run_pan, "--segment.kind", "precomputed", "--segment.path", str(scene / "simulated_m2f_consistent"))
+        row["consistent_with_pan_pq"] = json.loads((run_pan / "metrics.json").read_text())["uplift"]["pq"]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--scenes", nargs="+", default=["demo", "hard"])
+    ap.add_argument("--with-pan", action="store_true")
+    args = ap.parse_args()
+    from pipeline.synth import generate, make_config
+
+    rows = []
+    for name in args.scenes:
+        scene = args.out / f"scene_{name}"
+        if not (scene / "scene_meta.json").is_file():
+            generate(scene, make_config(name))
+        rows.append(bench_scene(name, scene, args.out, args.with_pan))
+        r = rows[-1]
+        print(json.dumps(r), flush=True)
+    print("\nscene | per-frame direct PQ | associated+uplift PQ | consistent-mask uplift PQ (reference) | "
+          "assoc/ref | assoc - direct | association s | uplift stage s | ratio | sparse MB | peak RSS MB")
+    for r in rows:
+        print(f"{r['scene']} | {r['per_frame_direct_pq']:.3f} | {r['associated_pq']:.3f} | {r['consistent_pq']:.3f} | "
+              f"{r['associated_pq'] / r['consistent_pq']:.3f} (target >= 0.95) | "
+              f"{r['associated_pq'] - r['per_frame_direct_pq']:+.3f} (target >= +0.30) | {r['association_s']:.2f} | "
+              f"{r['uplift_stage_s']:.2f} | {r['association_s'] / r['uplift_stage_s']:.3f} (target <= 0.2) | "
+              f"{r['sparse_mb']:.1f} | {r['uplift_stage_peak_rss_mb']:.0f}"
+              + (f" | consistent+λ_pan PQ {r['consistent_with_pan_pq']:.3f}" if "consistent_with_pan_pq" in r else ""))
+
+
+if __name__ == "__main__":
+    main()
