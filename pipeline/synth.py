@@ -19,7 +19,8 @@ The *simulated* segmenter outputs are GT corrupted by boundary jitter, dropped i
 confusions at rates set in `SynthConfig`; they stand in for PanSt3R (multi-view consistent ids) and for
 Mask2Former (PanLift's per-frame `m2f_*` ids) when no real segmenter output is available. The simulated
 per-frame masks are harder: besides that noise, a thing is split in two in some frames (over-segmentation),
-swallows a touching thing in others (under-segmentation), and thing ids are 1..n shuffled per frame; stuff
+swallows a touching thing in others (under-segmentation), and thing ids come from one scene-wide counter in
+an order shuffled per frame (unique per frame and segment, as PanLift's); stuff
 has instance 0 (PanLift's convention). `simulated_m2f_consistent/` holds the very same masks with ids kept
 consistent across views (stuff as one segment per class), the upper reference for the 3D association.
 """
@@ -838,6 +839,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
     per_frame_pts = int(math.ceil(cfg.num_points / max(len(train), 1)))
     xyz_all, rgb_all = [], []
     next_fragment = _FRAGMENT_ID0
+    m2f_counter = 1
     events_all: dict[str, dict[str, list]] = {}
 
     with atomic_dir(out_dir) as tmp:
@@ -880,7 +882,12 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
                 raise InputError(f"{out_dir}: too many simulated split fragments for the id range; use fewer frames")
             cons = np.where(thing_px, ids_m, 0)  # consistent reference: stuff with instance 0, as m2f
             t_ids = [int(t) for t in np.unique(cons) if t > 0]
-            lut = dict(zip(t_ids, (rng_s.permutation(len(t_ids)) + 1).tolist()))  # ids 1..n shuffled per frame
+            if m2f_counter + len(t_ids) > np.iinfo(np.uint16).max:
+                raise InputError(f"{out_dir}: too many simulated m2f segments for uint16 ids; use fewer frames")
+            # PanLift's m2f form: one scene-wide counter, so ids are unique per (frame, segment); handed out in a
+            # shuffled order per frame so nothing about an id says which object it is
+            lut = dict(zip(t_ids, (m2f_counter + rng_s.permutation(len(t_ids))).tolist()))
+            m2f_counter += len(t_ids)
             inst_m = np.zeros(ids_m.shape, dtype=np.uint16)
             for t, k in lut.items():
                 inst_m[cons == t] = k

@@ -158,3 +158,26 @@ def test_per_frame_masks_are_associated(tiny_scene, tmp_path):
     first = {p.name: p.read_bytes() for p in assoc.glob("*.png")}
     _run(tiny_scene, run, "--segment.kind", "per_frame", "--from", "uplift")
     assert {p.name: p.read_bytes() for p in assoc.glob("*.png")} == first
+
+
+def test_simulated_per_frame_segmenter(tiny_scene):
+    """m2f_* = the same SIMULATED masks as simulated_m2f_consistent/ up to a per-frame renaming of thing ids; ids
+    unique per (frame, segment); some things split, some merged; stuff carries instance 0."""
+    from pipeline.common.classes import THING_IDS
+    from pipeline.synth import SIMULATED_M2F_CONSISTENT_DIR
+
+    root = tiny_scene
+    meta = json.loads((root / "scene_meta.json").read_text())
+    events = [e["event"] for ev in meta["simulated_segmenter"]["events"].values() for e in ev["m2f"]]
+    assert "split" in events and "merged" in events
+    seen: set[int] = set()
+    for s in json.loads((root / "splits.json").read_text())["train"]:
+        m2f = read_png(root / "m2f_instance" / f"{s}.png").astype(np.int64)
+        sem = read_png(root / "m2f_semantics" / f"{s}.png")
+        cons = read_png(root / SIMULATED_M2F_CONSISTENT_DIR / "instance" / f"{s}.png").astype(np.int64)
+        np.testing.assert_array_equal(read_png(root / SIMULATED_M2F_CONSISTENT_DIR / "semantics" / f"{s}.png"), sem)
+        assert np.all(m2f[~np.isin(sem, list(THING_IDS))] == 0) and np.array_equal(m2f > 0, cons > 0)
+        pairs = np.unique(np.stack([m2f[m2f > 0], cons[m2f > 0]]), axis=1)
+        assert len(set(pairs[0])) == len(set(pairs[1])) == pairs.shape[1]  # a bijection in this frame
+        assert not (set(pairs[0].tolist()) & seen)
+        seen |= set(pairs[0].tolist())

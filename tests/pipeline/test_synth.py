@@ -26,7 +26,8 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_clean(tmp_path_factory) -> Path:
-    cfg = make_config("tiny", seed=0, sim_drop_rate=0.0, sim_confuse_rate=0.0, sim_boundary_px=0.0)
+    cfg = make_config("tiny", seed=0, sim_drop_rate=0.0, sim_confuse_rate=0.0, sim_boundary_px=0.0, sim_split_rate=0.0,
+                      sim_merge_rate=0.0)
     return generate(tmp_path_factory.mktemp("synth") / "clean", cfg)
 
 
