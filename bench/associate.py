@@ -12,6 +12,12 @@ uplifted onto Gaussians trained WITH the panoptic-colour regulariser on those co
 cannot do without association first), to measure what λ_pan = 0 costs.
 
     python bench/associate.py --out /tmp/bench_assoc [--scenes demo hard] [--with-pan]
+    python bench/associate.py --scale 300000 300 30      # clustering + merge at PanLift size, synthetic sums
+
+--scale N V S: the association after the LUDVIG pass (affinities, clustering, merged uplift) on SYNTHETIC sparse
+sums shaped like a PanLift scene (N Gaussians, V views, S thing segments a view, 100 objects, each view sees
+S of them and 70 % of their Gaussians; 10 % of the entries are boundary Gaussians shared by two segments). The
+LUDVIG pass itself holds one view's dense [N, labels of that view] at a time; its per-view cost is the uplift's.
 """
 
 from __future__ import annotations
@@ -102,12 +108,67 @@ def bench_scene(name: str, scene: Path, out: Path, with_pan: bool) -> dict:
     return row
 
 
+def scale(n: int, views: int, segs: int, objects: int = 100, seed: int = 0) -> dict:
+    """Time and peak traced memory of the post-pass association on synthetic sums (see the module docstring)."""
+    import tracemalloc
+
+    from uplift.associate import AssociateConfig, cluster_from_shares, result_from_sums
+
+    rng = np.random.default_rng(seed)
+    obj = rng.integers(0, objects, n)  # Gaussian -> object
+    members = [np.nonzero(obj == o)[0] for o in range(objects)]
+    g_l, s_l, w_l, view_l = [], [], [], []
+    T = 0
+    for v in range(views):
+        start = int(v * objects / views)
+        seen = [(start + k) % objects for k in range(segs)]  # a camera loop: neighbouring views see similar objects
+        for o in seen:
+            g = members[o][rng.random(len(members[o])) < 0.7].astype(np.int32)
+            g_l.append(g)
+            s_l.append(np.full(len(g), T, np.int32))
+            view_l.append(v)
+            T += 1
+    q_g, q_s = np.concatenate(g_l), np.concatenate(s_l)
+    del g_l, s_l
+    q_w = np.ones(len(q_g), np.float32)
+    edge = rng.random(len(q_g)) < 0.1  # boundary Gaussians: a share with the next segment of the view
+    q_w[edge] = 0.6
+    q_g = np.concatenate([q_g, q_g[edge]])
+    q_s = np.concatenate([q_s, np.minimum(q_s[edge] + 1, T - 1).astype(np.int32)])
+    q_w = np.concatenate([q_w, np.full(int(edge.sum()), 0.4, np.float32)])
+    raw_w = (q_w * rng.uniform(0.01, 1.0, len(q_w))).astype(np.float32)
+    seg_view = np.asarray(view_l, np.int64)
+    seg_class = np.full(T, 5, np.int64)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    cluster, st = cluster_from_shares(n, seg_view, seg_class, q_g, q_s, q_w, AssociateConfig())
+    t1 = time.perf_counter()
+    res = result_from_sums(q_g, cluster[q_s], raw_w, n, np.arange(1, int(cluster.max()) + 2), None, views)
+    t2 = time.perf_counter()
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    inputs_mb = (q_g.nbytes + q_s.nbytes + q_w.nbytes + raw_w.nbytes + q_g.nbytes + q_s.nbytes) / 2**20
+    purity = np.mean([np.bincount(obj[q_g[q_s == t]]).max() / max((q_s == t).sum(), 1) for t in range(0, T, 97)])
+    return {"gaussians": n, "views": views, "segments": T, "entries": int(len(q_w)), "sums_mb": round(inputs_mb, 1),
+            "instances": int(cluster.max()) + 1, "objects": objects, "cluster_s": round(t1 - t0, 2),
+            "merge_s": round(t2 - t1, 2), "peak_extra_mb": round(peak / 2**20, 1),
+            "dense_equivalent_mb": round(n * T * 4 / 2**20, 1), "segment_purity_sample": round(float(purity), 3),
+            "labelled": float(res.labelled.mean()), **st}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--scale", type=int, nargs=3, metavar=("N", "V", "S"))
     ap.add_argument("--scenes", nargs="+", default=["demo", "hard"])
     ap.add_argument("--with-pan", action="store_true")
     args = ap.parse_args()
+    if args.scale:
+        print(json.dumps(scale(*args.scale)))
+        return
+    if args.out is None:
+        ap.error("--out is required (or --scale)")
     from pipeline.synth import generate, make_config
 
     rows = []

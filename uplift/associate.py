@@ -36,7 +36,8 @@ from pipeline.common.progress import progress_bar
 
 from .ludvig import UpliftResult, _accumulate, _use_direct, gaussian_geometry
 
-__all__ = ["AssociateConfig", "Association", "associate", "cluster_segments", "view_segments"]
+__all__ = ["AssociateConfig", "Association", "associate", "cluster_segments", "cluster_from_shares", "view_segments",
+           "result_from_sums"]
 
 
 @dataclass(frozen=True)
@@ -230,33 +231,23 @@ def associate(gaussians, cameras, maps: Sequence[np.ndarray], class_maps: Sequen
     t_pass = time.perf_counter() - t0
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     raw_g, raw_l, raw_w = cat(raw_g, np.int32), cat(raw_l, np.int32), cat(raw_w, np.float32)
-    q_g, q_s, q_w = cat(q_g, np.int32), cat(q_s, np.int32), cat(q_w, np.float64)
+    q_g, q_s, q_w = cat(q_g, np.int32), cat(q_s, np.int32), cat(q_w, np.float32)
     sparse_bytes = int(raw_g.nbytes + raw_l.nbytes + raw_w.nbytes + q_g.nbytes + q_s.nbytes + q_w.nbytes)
     # -- affinity and clustering (things) ----------------------------------------------------------------------
     t1 = time.perf_counter()
-    S = sp.csr_matrix((q_w, (q_g, q_s)), shape=(n, T))  # [N, T]
-    mass = np.asarray(S.sum(0)).ravel()  # [T]
-    O = (S.T @ S).tocoo()  # [T, T] overlaps
-    keep = (O.row < O.col) & (seg_view[O.row] != seg_view[O.col])
-    s_, t_, o_ = O.row[keep], O.col[keep], O.data[keep]
-    iou = o_ / np.maximum(mass[s_] + mass[t_] - o_, 1e-12)
-    cluster = cluster_segments(seg_view, seg_class, np.stack([s_, t_], 1).astype(np.int64), iou, cfg)
-    n_greedy = int(cluster.max()) + 1 if T else 0
-    cluster = _attach(cluster, S, mass, cfg) if T else cluster
+    cluster, cstats = cluster_from_shares(n, seg_view, seg_class, q_g, q_s, q_w, cfg)
     K = int(cluster.max()) + 1 if T else 0
     inst_class = _vote(np.stack([seg_hist[cluster == k].sum(0) for k in range(K)])) if K else np.zeros(0, np.int64)
     # -- the consistent uplift out of the same sums --------------------------------------------------------------
     inst_ids = np.arange(1, K + 1, dtype=np.int64)
     label_ids = np.concatenate([inst_ids, stuff_ids])  # ascending
     col = np.concatenate([cluster, K + np.arange(len(stuff_ids))])  # label index -> column of label_ids
-    result = _result_from_sums(raw_g, col[raw_l] if len(raw_l) else raw_l, raw_w, n, label_ids, topk, n_cam)
+    result = result_from_sums(raw_g, col[raw_l] if len(raw_l) else raw_l, raw_w, n, label_ids, topk, n_cam)
     id_to_class = {int(i): int(c) for i, c in zip(inst_ids, inst_class)}
     id_to_class.update({int(s): int(s - STUFF_ID_OFFSET) for s in stuff_ids})
     segment_instance = {(int(v), int(j)): int(inst_ids[k]) for v, j, k in zip(seg_view, seg_id, cluster)}
     t_assoc = time.perf_counter() - t1
-    stats = {"num_segments": T, "num_stuff_classes": int(len(stuff_ids)), "num_instances": K,
-             "num_clusters_before_attach": n_greedy, "num_edges": int(len(iou)),
-             "num_edges_above_threshold": int((iou >= cfg.min_overlap).sum()),
+    stats = {"num_segments": T, "num_stuff_classes": int(len(stuff_ids)), "num_instances": K, **cstats,
              "ludvig_pass_s": round(t_pass, 3), "association_s": round(t_assoc, 3),
              "sparse_entries": int(len(raw_w) + len(q_w)), "sparse_mb": round(sparse_bytes / 2**20, 2),
              "things": int(sum(c in THING_IDS for c in inst_class.tolist()))}
@@ -264,7 +255,30 @@ def associate(gaussians, cameras, maps: Sequence[np.ndarray], class_maps: Sequen
                        segment_instance=segment_instance, stats=stats)
 
 
-def _result_from_sums(g: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, label_ids: np.ndarray,
+def cluster_from_shares(n: int, seg_view: np.ndarray, seg_class: np.ndarray, q_g: np.ndarray, q_s: np.ndarray,
+                        q_w: np.ndarray, cfg: AssociateConfig = AssociateConfig()) -> tuple[np.ndarray, dict]:
+    """[T] instance index of each thing segment from the sparse shares q (Gaussian q_g, segment q_s, share q_w):
+    affinities Sᵀ S, greedy clustering with cannot-link, then folding small clusters into bigger ones."""
+    import scipy.sparse as sp
+
+    T = len(seg_view)
+    if T == 0:
+        return np.zeros(0, np.int64), {"num_clusters_before_attach": 0, "num_edges": 0, "num_edges_above_threshold": 0}
+    S = sp.csr_matrix((q_w, (q_g, q_s)), shape=(n, T))  # [N, T]
+    mass = np.asarray(S.sum(0)).ravel()  # [T]
+    O = (S.T @ S).tocoo()  # [T, T] overlaps
+    keep = (O.row < O.col) & (seg_view[O.row] != seg_view[O.col])
+    s_, t_, o_ = O.row[keep], O.col[keep], O.data[keep]
+    del O
+    iou = o_ / np.maximum(mass[s_] + mass[t_] - o_, 1e-12)
+    cluster = cluster_segments(seg_view, seg_class, np.stack([s_, t_], 1).astype(np.int64), iou, cfg)
+    n_greedy = int(cluster.max()) + 1
+    cluster = _attach(cluster, S, mass, cfg)
+    return cluster, {"num_clusters_before_attach": n_greedy, "num_edges": int(len(iou)),
+                     "num_edges_above_threshold": int((iou >= cfg.min_overlap).sum())}
+
+
+def result_from_sums(g: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, label_ids: np.ndarray,
                       topk: int | None, num_views: int) -> UpliftResult:
     """LUDVIG result from sparse numerator entries (Gaussian g, column c, weight w), dense or top-k."""
     import scipy.sparse as sp
