@@ -241,6 +241,10 @@ def print_summary(outcome: RunOutcome, console) -> None:
         elif r.name == "uplift" and info:
             note = (f"{info.get('num_labels', '?')} instances over {info.get('num_views', '?')} views, "
                     f"{_floor_percent(info.get('labelled_fraction', 0))} of Gaussians labelled")
+            if info.get("association"):
+                a = info["association"]
+                note += (f"; {a['num_segments']} per-view segments associated into {a['num_instances']} things "
+                         f"in {a['association_s']:.1f} s")
         elif r.name == "render" and info:
             note = f"{info.get('num_views', '?')} views"
         st.add_row(r.name, r.status, f"{r.manifest.get('wall_s', 0):.1f}", f"{r.manifest.get('peak_rss_mb', 0):.0f}", note)

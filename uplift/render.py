@@ -2,8 +2,9 @@
 
 Per pixel, F(u) = Σ_i f_i α_i T_i with f_i the Gaussian's normalised distribution (all-zero for
 unlabelled Gaussians). argmax_k F(u) is the instance; the instance's class comes from `id_to_class`.
-Σ_k F_k(u) is the accumulated weight of labelled Gaussians in [0, 1]; where it is below `min_weight`
-the pixel has no evidence and takes the fallback:
+Σ_k F_k(u) is the accumulated weight of labelled Gaussians in [0, 1]; where it is below `min_weight`, or
+below `min_labelled_share` of the pixel's rendered opacity (the pixel is mostly covered by Gaussians that no
+mask labelled), the pixel has no evidence and takes the fallback:
 
 * "nearest" (default): the instance of the nearest pixel that has evidence (Euclidean, via
   scipy.ndimage.distance_transform_edt indices), but only up to `fill_px` pixels away: the evaluator scores
@@ -52,8 +53,9 @@ def render_panoptic(gaussians, result: UpliftResult, cameras, id_to_class: Mappi
 
     Returns instance [C, H, W] int64 (original label ids, 0 = void), semantics [C, H, W] int64,
     confidence [C, H, W] float32. A pixel has a label when its labelled weight is >= min_weight and >=
-    min_labelled_share x its rendered opacity (else fallback). `stats` (a dict, updated in place) counts "pixels", "below_min_weight"
-    (pixels without enough labelled weight), "filled" (of those, given the nearest label) and "void".
+    min_labelled_share x its rendered opacity (else fallback). `stats` (a dict, updated in place) counts
+    "pixels", "below_min_weight" (pixels without enough labelled weight), "filled" (of those, given the
+    nearest label) and "void".
     """
     from scipy.ndimage import distance_transform_edt
 

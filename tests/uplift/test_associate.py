@@ -98,3 +98,25 @@ def test_associate_rejects_maps_of_another_size():
 
     with pytest.raises(InputError, match="label map 0"):
         associate(g, cams, [m[:-1] for m in cons], [c[:-1] for c in cls])
+
+
+def test_render_voids_pixels_covered_by_unlabelled_gaussians():
+    """Only the left blob is labelled: the right blob's pixels (opaque, but no labelled weight) used to take the
+    left label by the unbounded nearest fallback; now they are void beyond fill_px, and stats count them."""
+    from tests.uplift.test_ludvig import _two_objects
+    from uplift.render import render_panoptic
+
+    g, cams = _two_objects()
+    lab = np.zeros((16, 32), np.int64)
+    lab[:, :12] = 300  # the right part (right blob) is void in the masks: its Gaussian stays unlabelled
+    res = uplift(g, cams, [lab], progress=False)
+    assert res.label.tolist() == [300, -1]
+    old, _, _ = render_panoptic(g, res, cams, {300: CHAIR})
+    assert (old == 300).all()  # unbounded: the whole image, right blob included, is the chair
+    stats: dict = {}
+    inst, sem, _ = render_panoptic(g, res, cams, {300: CHAIR}, min_labelled_share=0.5, fill_px=3.0, stats=stats)
+    assert inst[0, 8, 8] == 300 and inst[0, 8, 23] == 0 and sem[0, 8, 23] == 0  # right blob centre (u = 22.7): void
+    ok_cols = np.nonzero(inst[0, 8] == 300)[0]
+    assert ok_cols.max() <= 16 + 3  # labels reach at most fill_px past the left blob's labelled pixels
+    assert stats["pixels"] == 16 * 32 and stats["void"] == int((sem == 0).sum()) > 0
+    assert stats["below_min_weight"] == stats["void"] + stats["filled"]
