@@ -50,7 +50,6 @@ def consistent_reference(scene_dir: Path, run: Path, out: Path) -> dict:
     """Plain LUDVIG uplift of the consistent-id version of the same SIMULATED masks, on the run's Gaussians."""
     import torch
 
-    from pipeline.common.classes import PANLIFT_CLASSES  # noqa: F401
     from pipeline.common.io import read_png
     from pipeline.common.labels import resize_nearest
     from pipeline.masks import segment_ids
@@ -117,7 +116,7 @@ def scale(n: int, views: int, segs: int, objects: int = 100, seed: int = 0) -> d
     rng = np.random.default_rng(seed)
     obj = rng.integers(0, objects, n)  # Gaussian -> object
     members = [np.nonzero(obj == o)[0] for o in range(objects)]
-    g_l, s_l, w_l, view_l = [], [], [], []
+    g_l, s_l, view_l = [], [], []
     T = 0
     for v in range(views):
         start = int(v * objects / views)

@@ -158,7 +158,7 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
         raise ValueError("more segments than uint16 ids")
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "panst3r segmentation") as tmp:
         for d in ("instance", "semantics", "confidence", "preview"):
             (tmp / d).mkdir()
         cams = {}

@@ -127,7 +127,9 @@ def demo_command(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] 
     from .config import CONFIGS_DIR, parse_run_args
     from .run import run_pipeline
 
-    scene_dir = Path(out) / "scene"
+    from .common.io import claim_dir
+
+    scene_dir = claim_dir(out, "run") / "scene"  # the run folder is claimed first: the scene lives inside it
     if not (scene_dir / "splits.json").is_file():
         from . import synth as _synth
 

@@ -182,8 +182,6 @@ def associate(gaussians, cameras, maps: Sequence[np.ndarray], class_maps: Sequen
     maps: C arrays [H, W] int, per-view thing ids (1..STUFF_ID_OFFSET-1, any numbering per view), stuff as
     STUFF_ID_OFFSET + class, 0 = void; class_maps: C arrays [H, W] int class per pixel; cameras: C views.
     """
-    import scipy.sparse as sp
-
     from splat.render import render as render_fn
 
     geom = gaussian_geometry(gaussians)
@@ -215,7 +213,7 @@ def associate(gaussians, cameras, maps: Sequence[np.ndarray], class_maps: Sequen
             glob = np.concatenate([np.arange(starts[v], starts[v + 1]), T + np.searchsorted(stuff_ids, present_stuff)])
             if len(ids_v):
                 acc = _accumulate(render_fn, geom, cameras[v], [m], ids_v, 0, len(ids_v), cfg.chunk_channels,
-                                  backend, None, direct).float().cpu()  # [N, L_v]
+                                  backend, bar, direct).float().cpu()  # [N, L_v]; advances the bar
                 g, c = torch.nonzero(acc > 0, as_tuple=True)
                 w = acc[g, c]
                 raw_g.append(g.numpy().astype(np.int32))
@@ -227,7 +225,8 @@ def associate(gaussians, cameras, maps: Sequence[np.ndarray], class_maps: Sequen
                 q_g.append(raw_g[-1][sel.numpy()])
                 q_s.append(raw_l[-1][sel.numpy()])
                 q_w.append((w[sel] / den_v[g[sel]]).numpy())
-            bar.update(1)
+            else:
+                bar.update(1)
     t_pass = time.perf_counter() - t0
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     raw_g, raw_l, raw_w = cat(raw_g, np.int32), cat(raw_l, np.int32), cat(raw_w, np.float32)

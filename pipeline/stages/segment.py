@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import StageContext, scene_geometry_digest, scene_layout_digest
-from ..common.classes import PANLIFT_CLASSES, THING_IDS
+from ..common.classes import THING_IDS
 from ..common.io import InputError, read_json_if_present, read_png, write_json, write_png
-from ..common.labels import STUFF_ID_OFFSET, resize_nearest
+from ..common.labels import STUFF_ID_OFFSET, id_classes, majority_class, resize_nearest
 from ..masks import MaskStats, convention_note, per_frame_dirs, read_mask_pair, segment_ids
-from .shared import class_names, panlift_prediction, progress
+from .shared import class_names, progress
 
 MASK_KINDS = ("simulated", "precomputed", "per_frame")
 
@@ -81,6 +80,7 @@ def validate_segment_inputs(ctx: StageContext) -> None:
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:
+    """Masks on disk: their content and the frame layout; PanSt3R: the images, checkpoint and vocabulary."""
     sc = ctx.cfg.segment
     if sc.kind == "panst3r":
         return {"scene": scene_geometry_digest(ctx.scene, ctx.hashes), **panst3r_inputs(ctx)}
@@ -95,7 +95,8 @@ def segment_inputs(ctx: StageContext) -> dict[str, str]:
 
 def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray], use_json: bool = True) -> dict[int, int]:
     """Class of each segment id: stuff-class segments (STUFF_ID_OFFSET + class) by construction; the others from
-    the source's segments.json when it has one, else the pixel majority."""
+    the source's segments.json when it has one, else the pixel majority (`majority_class`: void only for an id
+    with no other class, ties to the lowest class id)."""
     seg_json = src / "segments.json"
     present = np.unique(np.concatenate([i.reshape(-1) for i in insts]))
     fixed = {int(i): int(i) - STUFF_ID_OFFSET for i in present if i >= STUFF_ID_OFFSET}
@@ -110,17 +111,8 @@ def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray], u
         if missing:
             raise InputError(f"{seg_json}: instance ids {missing[:5]} appear in the masks but not in segments.json")
         return {**{i: table[i] for i in present}, **fixed}
-    votes: dict[tuple[int, int], int] = {}
-    for sem, inst in zip(sems, insts):
-        m = (inst > 0) & (inst < STUFF_ID_OFFSET)
-        pairs, counts = np.unique(np.stack([inst[m].astype(np.int64), sem[m].astype(np.int64)]), axis=1, return_counts=True)
-        for (i, c), n in zip(pairs.T.tolist(), counts.tolist()):
-            votes[(i, c)] = votes.get((i, c), 0) + n
-    best: dict[int, tuple[int, int]] = {}
-    for (i, c), n in sorted(votes.items()):
-        if n > best.get(i, (-1, 0))[0]:
-            best[i] = (n, c)
-    return {**{i: best[i][1] for i in present}, **fixed}
+    own = [np.where(i < STUFF_ID_OFFSET, i, 0) for i in insts]
+    return {**{i: c for i, c in majority_class(own, sems).items() if i in set(present)}, **fixed}
 
 
 def _run_segment_maps(ctx: StageContext, out: Path) -> dict:
@@ -201,6 +193,7 @@ def _panst3r_merge(merge: str) -> str:
 
 
 def panst3r_inputs(ctx: StageContext) -> dict[str, str]:
+    """Content of the checkpoint (and of a vocabulary file): what a PanSt3R pass depends on besides images."""
     sc = ctx.cfg.segment
     out = {"checkpoint": ctx.hashes.file(sc.checkpoint)}
     if sc.vocabulary != "panlift" and Path(sc.vocabulary).is_file():
@@ -239,7 +232,7 @@ def panst3r_pass(ctx: StageContext, net: _PanSt3R, images: list[Path], out_dir: 
     sc = ctx.cfg.segment
     segment_images(images, net.model, net.vocab.embeddings.to(ctx.device), net.vocab.names, out_dir,
                    num_keyframes=sc.keyframes or None, merge=_panst3r_merge(sc.merge), seed=0, size=net.size,
-                   progress=not ctx.quiet and sys.stderr.isatty(), class_ids=net.vocab.class_ids,
+                   progress=not ctx.quiet, class_ids=net.vocab.class_ids,
                    write_pointmaps=False)
     return json.loads((out_dir / "segments.json").read_text())
 
@@ -264,8 +257,8 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
         for f in frames:
             inst = read_png(raw / "instance" / f"{Path(f.image).stem}.png").astype(np.int64)
             inst = resize_nearest(np.where(inst > 0, inst + offset, 0), (f.height, f.width))
-            sem, _ = panlift_prediction(inst, {int(k) + offset: int(v["class_id"]) for k, v in segs.items()})
-            write_png(out / "semantics" / f"{f.stem}.png", sem)
+            sem = id_classes(inst, {int(k) + offset: int(v["class_id"]) for k, v in segs.items()})
+            write_png(out / "semantics" / f"{f.stem}.png", sem.astype(np.uint8))
             write_png(out / "instance" / f"{f.stem}.png", inst.astype(np.uint16))
         for k, v in segs.items():
             c = int(v["class_id"])
@@ -287,6 +280,7 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
 
 
 def segment_run(ctx: StageContext, out: Path) -> dict:
+    """semantics/ + instance/ maps with one id per object across views, and segments.json (id -> class)."""
     if ctx.cfg.segment.kind == "panst3r":
         return _run_segment_panst3r(ctx, out)
     return _run_segment_maps(ctx, out)

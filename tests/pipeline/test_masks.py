@@ -3,7 +3,6 @@ tiny synthetic scene (PanLift-convention GT masks; SIMULATED per-frame masks ass
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
