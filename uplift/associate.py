@@ -154,15 +154,17 @@ def _attach(cluster: np.ndarray, S, mass: np.ndarray, cfg: AssociateConfig) -> n
     P = (S @ A).tocsr()  # [N, K] Gaussian weight per cluster
     rows = np.asarray(P.sum(1)).ravel()
     P = sp.diags(1.0 / np.maximum(rows, 1e-12)) @ P  # each Gaussian's distribution over clusters
-    C = (S.T @ P).toarray() / np.maximum(mass, 1e-12)[:, None]  # [T, K] share of segment s on cluster k
+    C = sp.diags(1.0 / np.maximum(mass, 1e-12)) @ (S.T @ P)  # [T, K] share of segment s on cluster k (sparse)
     n_views = np.bincount(cluster, minlength=K)  # one segment per view and cluster after the greedy step
-    seg_of = [np.nonzero(cluster == k)[0] for k in range(K)]
+    M = (sp.diags(1.0 / n_views) @ (A.T @ C)).tolil()  # [K, K] mean containment of cluster k's segments in j
+    M.setdiag(0)
+    M = M.tocsr()
+    best = np.asarray(M.argmax(axis=1)).ravel()
+    val = np.asarray(M.max(axis=1).toarray()).ravel()
     target = np.arange(K)
     for k in np.argsort(n_views, kind="stable"):
-        cont = C[seg_of[k]].sum(0) / max(len(seg_of[k]), 1)  # [K] mean containment of k's segments
-        cont[k] = -1
-        j = int(cont.argmax())
-        if cont[j] >= cfg.attach_containment and n_views[j] >= 2 * n_views[k]:
+        j = int(best[k])
+        if val[k] >= cfg.attach_containment and n_views[j] >= 2 * n_views[k]:
             target[k] = j
     for k in range(K):  # follow chains to their end
         j, seen = k, set()

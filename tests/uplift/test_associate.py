@@ -120,3 +120,18 @@ def test_render_voids_pixels_covered_by_unlabelled_gaussians():
     assert ok_cols.max() <= 16 + 3  # labels reach at most fill_px past the left blob's labelled pixels
     assert stats["pixels"] == 16 * 32 and stats["void"] == int((sem == 0).sum()) > 0
     assert stats["below_min_weight"] == stats["void"] + stats["filled"]
+
+
+def test_split_segment_is_folded_back_into_its_object():
+    """Object A (Gaussians 0-9) whole in views 0 and 1, split in two in view 2; object B (10-19) whole everywhere.
+    The greedy step may take only one half of A (cannot-link), the attach step folds the other half back."""
+    from uplift.associate import cluster_from_shares
+
+    A, B = np.arange(10), np.arange(10, 20)
+    segs = [(0, A), (0, B), (1, A), (1, B), (2, A[:5]), (2, A[5:]), (2, B)]
+    view = np.array([v for v, _ in segs])
+    q_g = np.concatenate([g for _, g in segs]).astype(np.int32)
+    q_s = np.concatenate([np.full(len(g), k) for k, (_, g) in enumerate(segs)]).astype(np.int32)
+    cluster, st = cluster_from_shares(20, view, np.full(len(segs), CHAIR), q_g, q_s, np.ones(len(q_g), np.float32))
+    assert st["num_clusters_before_attach"] == 3  # A, B and the half of A that view 2 could not join
+    assert cluster.tolist() == [0, 1, 0, 1, 0, 0, 1]
