@@ -84,9 +84,9 @@ def consistent_reference(scene_dir: Path, run: Path, out: Path) -> dict:
     return {"pq": m["pq"], "pq_th": m["pq_th"], "pq_st": m["pq_st"], "miou": m["miou"], "uplift_s": t_uplift}
 
 
-def bench_scene(name: str, scene: Path, out: Path, with_pan: bool) -> dict:
+def bench_scene(name: str, scene: Path, out: Path, with_pan: bool, rerun: bool = False) -> dict:
     run = out / f"run_{name}_per_frame"
-    wall = _run(scene, run, "--segment.kind", "per_frame")
+    wall = _run(scene, run, "--segment.kind", "per_frame", *(["--from", "uplift"] if rerun else []))
     m = json.loads((run / "metrics.json").read_text())
     man = json.loads((run / "uplift" / "manifest.json").read_text())
     assoc = man["info"]["association"]
@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs=3, metavar=("N", "V", "S"))
     ap.add_argument("--scenes", nargs="+", default=["demo", "hard"])
     ap.add_argument("--with-pan", action="store_true")
+    ap.add_argument("--rerun-uplift", action="store_true", help="re-run the per_frame runs from the uplift stage "
+                    "(code changed, trained Gaussians kept)")
     args = ap.parse_args()
     if args.scale:
         print(json.dumps(scale(*args.scale)))
@@ -175,7 +177,7 @@ def main() -> None:
         scene = args.out / f"scene_{name}"
         if not (scene / "scene_meta.json").is_file():
             generate(scene, make_config(name))
-        rows.append(bench_scene(name, scene, args.out, args.with_pan))
+        rows.append(bench_scene(name, scene, args.out, args.with_pan, args.rerun_uplift))
         r = rows[-1]
         print(json.dumps(r), flush=True)
     print("\nscene | per-frame direct PQ | associated+uplift PQ | consistent-mask uplift PQ (reference) | "

@@ -131,7 +131,8 @@ class UpliftSection:
     self_check_views: int = 6
     """Train views re-rendered from the uplifted Gaussians and scored against their own masks (0 = no self-check)."""
     associate_min_overlap: float = 0.3
-    """per_frame: 3D overlap (IoU of Gaussian weight) above which two per-view thing segments are one instance."""
+    """per_frame: 3D overlap score (Dice of the Gaussian weight they share) above which two per-view thing segments
+    are one instance."""
 
 
 @dataclass

@@ -6,8 +6,9 @@ number of labels. Stuff pixels are already scene-wide (one segment per stuff cla
 Per view and Gaussian i the sums give q_i(s) = w_i(s) / Σ_{s' in v} w_i(s'), the share of i's footprint in view
 v that lies in segment s (kept sparse: only Gaussians that view v sees with weight >= `min_visibility`).
 
-* affinity: overlap(s, t) = Σ_i q_i(s)·q_i(t), mass m(s) = Σ_i q_i(s), IoU(s, t) = overlap / (m_s + m_t − overlap);
-* clustering (things; stuff is merged by class): edges by decreasing IoU join two clusters unless they hold
+* affinity: overlap O(s, t) = Σ_i q_i(s)·q_i(t) (sparse Sᵀ S), score = Dice 2 O(s, t) / (O(s, s) + O(t, t)), which is
+  1 for two segments with the same soft shares however small the object (IoU of the masses Σ q is the option);
+* clustering (things; stuff is merged by class): edges by decreasing score join two clusters unless they hold
   segments of one same view (cannot-link: two segments of one view are two objects, which keeps an
   under-segmented view's merged segment from fusing its two objects); edges between different thing classes
   need twice the overlap threshold. Then a small cluster whose Gaussians mostly belong to a bigger one
@@ -45,7 +46,11 @@ class AssociateConfig:
     """Knobs of the association (defaults used by the pipeline's per_frame kind)."""
 
     min_overlap: float = 0.3
-    """IoU of Gaussian weight above which two thing segments of different views are one instance."""
+    """Overlap score of Gaussian weight above which two thing segments of different views are one instance."""
+    score: str = "dice"
+    """Overlap score: "iou" = O_st / (m_s + m_t - O_st) with masses m = Σ q; "dice" = 2 O_st / (O_ss + O_tt), which
+    stays 1 for two segments with the same soft shares (small objects, whose Gaussians are mostly shared with
+    their surroundings, keep a high score)."""
     attach_containment: float = 0.6
     """A small cluster joins a bigger one when this share of its Gaussian weight lies on the bigger one."""
     min_visibility: float = 1e-3
@@ -107,11 +112,11 @@ def _vote(hist: np.ndarray) -> np.ndarray:
     return h.argmax(1).astype(np.int64)
 
 
-def cluster_segments(seg_view: np.ndarray, seg_class: np.ndarray, pairs: np.ndarray, iou: np.ndarray,
+def cluster_segments(seg_view: np.ndarray, seg_class: np.ndarray, pairs: np.ndarray, score: np.ndarray,
                      cfg: AssociateConfig = AssociateConfig()) -> np.ndarray:
     """[T] cluster index (0..K-1, in order of first segment) of thing segments.
 
-    pairs [E, 2] segment indices (s < t), iou [E]. Greedy: strongest edges first, cannot-link within a view.
+    pairs [E, 2] segment indices (s < t), score [E] (their overlap score). Greedy: strongest edges first, cannot-link within a view.
     """
     T = len(seg_view)
     parent = np.arange(T)
@@ -125,8 +130,8 @@ def cluster_segments(seg_view: np.ndarray, seg_class: np.ndarray, pairs: np.ndar
 
     thr = np.where(seg_class[pairs[:, 0]] == seg_class[pairs[:, 1]], cfg.min_overlap, 2 * cfg.min_overlap) \
         if len(pairs) else np.zeros(0)
-    ok = iou >= thr
-    order = np.lexsort((pairs[ok, 1], pairs[ok, 0], -iou[ok]))
+    ok = score >= thr
+    order = np.lexsort((pairs[ok, 1], pairs[ok, 0], -score[ok]))
     for s, t in pairs[ok][order].tolist():
         a, b = find(s), find(t)
         if a == b or not views[a].isdisjoint(views[b]):
@@ -271,12 +276,16 @@ def cluster_from_shares(n: int, seg_view: np.ndarray, seg_class: np.ndarray, q_g
     keep = (O.row < O.col) & (seg_view[O.row] != seg_view[O.col])
     s_, t_, o_ = O.row[keep], O.col[keep], O.data[keep]
     del O
-    iou = o_ / np.maximum(mass[s_] + mass[t_] - o_, 1e-12)
-    cluster = cluster_segments(seg_view, seg_class, np.stack([s_, t_], 1).astype(np.int64), iou, cfg)
+    if cfg.score == "dice":
+        sq = np.asarray(S.multiply(S).sum(0)).ravel()  # [T] O_ss
+        score = 2 * o_ / np.maximum(sq[s_] + sq[t_], 1e-12)
+    else:
+        score = o_ / np.maximum(mass[s_] + mass[t_] - o_, 1e-12)
+    cluster = cluster_segments(seg_view, seg_class, np.stack([s_, t_], 1).astype(np.int64), score, cfg)
     n_greedy = int(cluster.max()) + 1
     cluster = _attach(cluster, S, mass, cfg)
-    return cluster, {"num_clusters_before_attach": n_greedy, "num_edges": int(len(iou)),
-                     "num_edges_above_threshold": int((iou >= cfg.min_overlap).sum())}
+    return cluster, {"num_clusters_before_attach": n_greedy, "num_edges": int(len(score)),
+                     "num_edges_above_threshold": int((score >= cfg.min_overlap).sum())}
 
 
 def result_from_sums(g: np.ndarray, c: np.ndarray, w: np.ndarray, n: int, label_ids: np.ndarray,
