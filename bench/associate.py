@@ -11,7 +11,7 @@ with plain LUDVIG, rendered and scored: the upper reference. Optionally (--with-
 uplifted onto Gaussians trained WITH the panoptic-colour regulariser on those consistent masks (what a per_frame run
 cannot do without association first), to measure what λ_pan = 0 costs.
 
-    python bench/associate.py --out /tmp/bench_assoc [--scenes demo hard] [--with-pan]
+    python bench/associate.py --out /tmp/bench_assoc [--scenes demo hard] [--with-pan] [--reuse-gaussians]
     python bench/associate.py --scale 300000 300 30      # clustering + merge at PanLift size, synthetic sums
 
 --scale N V S: the association after the LUDVIG pass (affinities, clustering, merged uplift) on SYNTHETIC sparse
@@ -84,9 +84,40 @@ def consistent_reference(scene_dir: Path, run: Path, out: Path) -> dict:
     return {"pq": m["pq"], "pq_th": m["pq_th"], "pq_st": m["pq_st"], "miou": m["miou"], "uplift_s": t_uplift}
 
 
-def bench_scene(name: str, scene: Path, out: Path, with_pan: bool, rerun: bool = False) -> dict:
+def associated_in_process(scene_dir: Path, run: Path, out: Path) -> dict:
+    """The per_frame uplift again on a finished run's Gaussians and segment maps, in this process (code changed
+    since the run; its Gaussians are kept): association + uplift, render, score. The wall time of `associate`
+    (LUDVIG pass + association) stands in for the uplift stage."""
+    import torch
+
+    from pipeline.common.io import read_png
+    from pipeline.metrics import evaluate_scene, json_safe
+    from pipeline.scene import load_scene
+    from splat.ply import load_ply
+    from splat.render import Cameras
+    from uplift.associate import associate
+    from uplift.render import render_panoptic, write_predictions
+
+    torch.set_num_threads(1)
+    scene = load_scene(scene_dir)
+    g, _ = load_ply(run / "splat" / "gaussians.ply")
+    cams = Cameras.from_frames([scene.frame(s) for s in scene.train])
+    maps = [read_png(run / "segment" / "instance" / f"{s}.png").astype(np.int64) for s in scene.train]
+    cls = [read_png(run / "segment" / "semantics" / f"{s}.png").astype(np.int64) for s in scene.train]
+    t0 = time.perf_counter()
+    a = associate(g, cams, maps, cls)
+    wall = time.perf_counter() - t0
+    for s in scene.test:
+        inst, sem, _ = render_panoptic(g, a.result, Cameras.from_frames([scene.frame(s)]), a.id_to_class,
+                                       min_labelled_share=0.5, fill_px=8.0)
+        write_predictions(out, [s], inst, sem)
+    m = json_safe(evaluate_scene(scene_dir, out))
+    return {"associated_pq": m["pq"], "associated_pq_th": m["pq_th"], "uplift_stage_s": wall, **a.stats}
+
+
+def bench_scene(name: str, scene: Path, out: Path, with_pan: bool, reuse: bool = False) -> dict:
     run = out / f"run_{name}_per_frame"
-    wall = _run(scene, run, "--segment.kind", "per_frame", *(["--from", "uplift"] if rerun else []))
+    wall = None if reuse else _run(scene, run, "--segment.kind", "per_frame")
     m = json.loads((run / "metrics.json").read_text())
     man = json.loads((run / "uplift" / "manifest.json").read_text())
     assoc = man["info"]["association"]
@@ -97,6 +128,9 @@ def bench_scene(name: str, scene: Path, out: Path, with_pan: bool, rerun: bool =
            "sparse_entries": assoc["sparse_entries"], "num_segments": assoc["num_segments"],
            "num_instances": assoc["num_instances"], "num_gaussians": m.get("num_gaussians"),
            "self_check": m.get("self_check"), "warnings": m.get("warnings"), "run_wall_s": wall}
+    if reuse:
+        row.update(associated_in_process(scene, run, out / f"assoc_{name}"))
+        row["self_check"] = row["warnings"] = None  # not re-run in process
     ref = consistent_reference(scene, run, out / f"ref_{name}")
     row["consistent_pq"] = ref["pq"]
     row["consistent_uplift_s"] = ref["uplift_s"]
@@ -162,8 +196,8 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs=3, metavar=("N", "V", "S"))
     ap.add_argument("--scenes", nargs="+", default=["demo", "hard"])
     ap.add_argument("--with-pan", action="store_true")
-    ap.add_argument("--rerun-uplift", action="store_true", help="re-run the per_frame runs from the uplift stage "
-                    "(code changed, trained Gaussians kept)")
+    ap.add_argument("--reuse-gaussians", action="store_true", help="keep finished per_frame runs' Gaussians and "
+                    "segment maps; redo association, render and scoring in this process")
     args = ap.parse_args()
     if args.scale:
         print(json.dumps(scale(*args.scale)))
@@ -177,7 +211,7 @@ def main() -> None:
         scene = args.out / f"scene_{name}"
         if not (scene / "scene_meta.json").is_file():
             generate(scene, make_config(name))
-        rows.append(bench_scene(name, scene, args.out, args.with_pan, args.rerun_uplift))
+        rows.append(bench_scene(name, scene, args.out, args.with_pan, args.reuse_gaussians))
         r = rows[-1]
         print(json.dumps(r), flush=True)
     print("\nscene | per-frame direct PQ | associated+uplift PQ | consistent-mask uplift PQ (reference) | "
