@@ -137,11 +137,16 @@ def segment_ids(sem: np.ndarray, inst: np.ndarray, where: Path, *, stuff_by_clas
     """One segment id per pixel [H, W] int64 (0 = void) under the rules of this module's docstring.
 
     stuff_by_class: every stuff pixel becomes its class's scene-wide segment, whatever its instance id
-    (per-frame masks, whose stuff ids mean nothing across views).
+    (per-frame masks, whose stuff ids mean nothing across views); thing ids that would collide with the stuff
+    ids are renumbered 1..n within the frame (they are per-frame ids anyway).
     """
     sem = np.asarray(sem, dtype=np.int64)
     inst = np.asarray(inst, dtype=np.int64)
     thing = _THINGS[sem]
+    if stuff_by_class and (inst[thing] >= STUFF_ID_OFFSET).any():
+        u, inv = np.unique(inst[thing & (inst > 0)], return_inverse=True)
+        inst = inst.copy()
+        inst[thing & (inst > 0)] = inv.reshape(-1) + 1
     stuff = (sem > 0) & ~thing
     zero_stuff = stuff if stuff_by_class else stuff & (inst == 0)
     if zero_stuff.any() and (inst[~zero_stuff] >= STUFF_ID_OFFSET).any():

@@ -42,6 +42,10 @@ def test_segment_ids_both_conventions_and_unassigned_things(tmp_path):
     assert st2.convention == "stuff_own_ids"
     with pytest.raises(InputError, match="collides with the stuff segment ids"):
         segment_ids(sem, np.where(panlift == 4, S + 3, panlift), tmp_path / "x.png")
+    # per-frame ids are renumbered within the frame instead (they mean nothing across views anyway)
+    big = np.array([[0, 0, 61000, 61000], [0, 9, 61000, 62000]])
+    assert segment_ids(sem, big, tmp_path, stuff_by_class=True).tolist() == [[S + WALL, S + WALL, 1, 1],
+                                                                               [S + FLOOR, 0, 1, 2]]
 
 
 def _write(d: Path, stem: str, sem: np.ndarray, inst: np.ndarray):
