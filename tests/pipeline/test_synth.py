@@ -392,7 +392,7 @@ def test_refuses_foreign_folder_and_replaces_previous_scene(tmp_path, capsys):
     synth_command(empty, preset="tiny", num_frames=2, seed=3)  # a previous synthetic scene is replaced
     assert len(list((empty / "color").glob("*.jpg"))) == 2
     # a bad preset name or field can only come from code (the CLI offers tiny/demo): API errors, not InputError
-    with pytest.raises(ValueError, match=r"unknown synthetic preset 'huge'; choose one of \['demo', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown synthetic preset 'huge'; choose one of \['demo', 'hard', 'tiny'\]"):
         synth_command(tmp_path / "x", preset="huge")
     with pytest.raises(TypeError, match=r"unknown SynthConfig field\(s\) \['frames'\]"):
         synth_command(tmp_path / "x", preset="tiny", frames=3)
