@@ -217,7 +217,13 @@ def print_summary(outcome: RunOutcome, console) -> None:
         info = r.manifest.get("info", {}) if r.manifest else {}
         note = ""
         if r.name == "segment":
-            note = f"{info.get('kind', '')}{' (SIMULATED)' if info.get('simulated') else ''}, {info.get('num_instances', '?')} instances"
+            per_frame = info.get("kind") == "per_frame"
+            note = (f"{info.get('kind', '')}{' (SIMULATED)' if info.get('simulated') else ''}, "
+                    f"{info.get('num_instances', '?')} {'per-frame segment ids' if per_frame else 'instances'}")
+            conv = (info.get("masks_read") or {}).get("convention")
+            if conv:
+                note += {"stuff_instance_0": ", stuff with instance 0 (PanLift convention)",
+                         "stuff_own_ids": ", stuff with its own ids", "mixed": ", stuff: both conventions"}.get(conv, "")
         elif r.name == "splat" and info:
             bits = []
             if info.get("num_gaussians") is not None:
