@@ -149,6 +149,28 @@ def _contact_sheet(doc: _Doc, folder: Path, scene, count: int, prefix: str, capt
     return True
 
 
+def _checks_section(doc: _Doc, metrics: dict) -> None:
+    """Warnings first (pipeline.checks), then the self-check and, for per-frame masks, the association."""
+    warnings = metrics.get("warnings") or []
+    if warnings:
+        doc.h("WARNINGS")
+        for w in warnings:
+            doc.warn(w)
+    sc = metrics.get("self_check")
+    if isinstance(sc, dict) and sc.get("agreement") is not None:
+        doc.p(f"self-check ({len(sc.get('views', []))} train views re-rendered from the uplifted Gaussians vs their own "
+              f"masks): pixel agreement {sc['agreement']:.1%}, class agreement {sc.get('class_agreement') or 0:.1%}, "
+              + (f"thing-id agreement {sc['thing_agreement']:.1%}, " if sc.get("thing_agreement") is not None else "")
+              + f"PQ {format_pct(sc.get('pq'))}"
+              + (f" · rendered test pixels left void: {metrics['render_void_share']:.1%}"
+                 if metrics.get("render_void_share") is not None else ""))
+    a = metrics.get("association")
+    if isinstance(a, dict):
+        doc.p(f"per-frame masks associated in 3D: {a.get('num_segments')} per-view thing segments -> "
+              f"{a.get('num_instances')} scene-wide things (+ {a.get('num_stuff_classes')} stuff classes) in "
+              f"{a.get('association_s', 0):.2f} s after the {a.get('ludvig_pass_s', 0):.1f} s LUDVIG pass")
+
+
 def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 16) -> Path:
     """Write RUN_DIR/report.html and report.md (+ report_assets/); return the HTML path."""
     run = Path(run_dir)
@@ -163,25 +185,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     doc.p(f"scene: {scene_path or '?'} · segmenter: {seg_kind}"
           + (" (SIMULATED segmenter: GT with synthetic noise, not a real model)" if seg_kind == "simulated" else ""))
 
-    warnings = metrics.get("warnings") or []
-    if warnings:
-        doc.h("WARNINGS")
-        for w in warnings:
-            doc.warn(w)
-    sc = metrics.get("self_check")
-    if isinstance(sc, dict) and sc.get("agreement") is not None:
-        doc.p(f"self-check ({len(sc.get('views', []))} train views re-rendered from the uplifted Gaussians vs their own "
-              f"masks): pixel agreement {sc['agreement']:.1%}, class agreement {sc.get('class_agreement') or 0:.1%}, "
-              + (f"thing-id agreement {sc['thing_agreement']:.1%}, " if sc.get("thing_agreement") is not None else "")
-              + f"PQ {format_pct(sc.get('pq'))}"
-              + (f" · rendered test pixels left void: {metrics['render_void_share']:.1%}"
-                 if metrics.get("render_void_share") is not None else ""))
-
-    a = metrics.get("association")
-    if isinstance(a, dict):
-        doc.p(f"per-frame masks associated in 3D: {a.get('num_segments')} per-view thing segments -> "
-              f"{a.get('num_instances')} scene-wide things (+ {a.get('num_stuff_classes')} stuff classes) in "
-              f"{a.get('association_s', 0):.2f} s after the {a.get('ludvig_pass_s', 0):.1f} s LUDVIG pass")
+    _checks_section(doc, metrics)
 
     # -- metrics ------------------------------------------------------------------------------
     doc.h("Metrics (scene-level PQ, PanLift protocol, ×100)")
