@@ -123,12 +123,28 @@ def tiny_scene(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("scene") / "tiny", make_config("tiny", seed=0))
 
 
-def _run(scene: Path, run: Path, *extra: str) -> dict:
+def _run(scene: Path, run: Path, *extra: str, out: list | None = None) -> dict:
     cmd = [sys.executable, "-m", "pipeline", "run", str(REPO / "configs" / "demo.yaml"), "--scene.path", str(scene),
            "--output.dir", str(run), "--splat.preset", "tiny", *extra]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PIPELINE_DEBUG": ""})
     assert p.returncode == 0, p.stdout + p.stderr
+    if out is not None:
+        out.append(p.stdout)
     return json.loads((run / "metrics.json").read_text())
+
+
+def test_per_frame_ids_given_as_consistent_warn_loudly(tiny_scene, tmp_path):
+    """Per-frame masks passed as precomputed (consistent) masks: the run still finishes, but the self-check
+    catches it and says so in the summary, the report and metrics.json."""
+    masks = tmp_path / "m2f"
+    shutil.copytree(tiny_scene / "m2f_semantics", masks / "semantics")
+    shutil.copytree(tiny_scene / "m2f_instance", masks / "instance")
+    out: list = []
+    m = _run(tiny_scene, tmp_path / "run", "--segment.kind", "precomputed", "--segment.path", str(masks), out=out)
+    assert m["self_check"]["thing_agreement"] < LIMITS["self_check_thing_agreement"]
+    assert any("--segment.kind per_frame" in w for w in m["warnings"])
+    assert "WARNING:" in " ".join(out[0].split()) and "self-check" in out[0]
+    assert "**WARNING:** self-check" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_panlift_convention_masks_uplift_well(tiny_scene, tmp_path):
