@@ -159,6 +159,22 @@ def test_panlift_convention_masks_uplift_well(tiny_scene, tmp_path):
     assert m["warnings"] == [] and m["self_check"]["agreement"] > 0.8 and m["render_void_share"] < 0.05
 
 
+def test_simulated_masks_with_stuff_ids_zeroed(tiny_scene, tmp_path):
+    """The scene's SIMULATED consistent masks turned into PanLift's convention (stuff instance ids set to 0): the
+    stuff classes become one segment each and the uplift scores as well as with the original ids."""
+    from pipeline.common.classes import THING_IDS
+    from pipeline.synth import SIMULATED_CONSISTENT_DIR
+
+    src, masks = tiny_scene / SIMULATED_CONSISTENT_DIR, tmp_path / "zeroed"
+    for p in sorted((src / "semantics").glob("*.png")):
+        sem, inst = read_png(p), read_png(src / "instance" / p.name)
+        _write(masks, p.stem, sem, np.where(np.isin(sem, sorted(THING_IDS)), inst, 0))
+    m = _run(tiny_scene, tmp_path / "run", "--segment.kind", "precomputed", "--segment.path", str(masks))
+    info = json.loads((tmp_path / "run" / "segment" / "info.json").read_text())
+    assert info["masks_read"]["convention"] == "stuff_instance_0"
+    assert m["uplift"]["pq"] > 0.7 and m["warnings"] == [], m["uplift"]
+
+
 def test_per_frame_masks_are_associated(tiny_scene, tmp_path):
     """The scene's SIMULATED per-frame masks (split/merged things, shuffled ids): associated+uplifted PQ far above
     the per-frame masks scored directly; consistent train masks written; the same run twice is identical."""
