@@ -24,6 +24,7 @@ from tyro.conf import Positional
 from panst3r.config import SegmentArgs
 
 from .common.io import InputError
+from .executors import ExecutorArgs
 
 __all__ = ["main", "run_command", "demo_command"]
 
@@ -196,18 +197,35 @@ def export(run_dir: Positional[Path], out: Optional[Path] = None, per_instance: 
     export_run(run_dir, out, per_instance=per_instance, topk=topk)
 
 
-def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None, workers: int = 2) -> None:
+def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None,
+          run: typing.Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
     """Run every PanLift benchmark scene found under DATA_ROOT and print ours next to the published table.
+
+    Each scene is one `pipeline run` (locally or as a Ray task), retried once if it fails; complete runs are
+    skipped, so the same command resumes after a crash.
 
     Args:
         config: Benchmark config (configs/panlift.yaml).
         data_root: Folder with <dataset>/<scene>/ in the PanLift layout.
-        out: Output folder (default runs/panlift_table).
-        workers: Scenes run in parallel (each as its own `pipeline run` process).
+        out: Output folder (default runs/panlift_table): new, empty, or an earlier table's.
     """
     from .table import table_command
 
-    table_command(config, data_root, out=out, workers=workers)
+    table_command(config, data_root, out=out, run=run)
+
+
+def sweep(spec: Positional[Path], data_root: Optional[Path] = None, out: Optional[Path] = None,
+          run: typing.Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
+    """Run a grid or list of config settings x benchmark scenes; one table (a column per varied field) and a plot.
+
+    Args:
+        spec: Sweep file (configs/sweep_ablation.yaml).
+        data_root: Folder with <dataset>/<scene>/ (default: the sweep file's data_root).
+        out: Output folder (default: the sweep file's out): new, empty, or an earlier sweep's.
+    """
+    from .sweep import sweep_command
+
+    sweep_command(spec, data_root=data_root, out=out, run=run)
 
 
 def segment(args: typing.Annotated[SegmentArgs, tyro.conf.arg(name="")]) -> None:
@@ -231,6 +249,7 @@ def _subcommands() -> dict:
         "view": view,
         "export": export,
         "table": table,
+        "sweep": sweep,
     }
 
 
