@@ -140,16 +140,17 @@ def run_command(args: list[str], quiet: bool = False):
 # ------------------------------------------------------------------------------------------------
 
 
-def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: Optional[int] = None,
+def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo", "hard"] = "demo", seed: Optional[int] = None,
           num_frames: Optional[int] = None, width: Optional[int] = None, height: Optional[int] = None,
           num_points: Optional[int] = None) -> None:
     """Generate a synthetic PanLift-layout scene with simulated segmenter outputs (panoptic_consistent/).
 
     Args:
         out_dir: Folder for the scene; refused if it holds anything but a previous synthetic scene.
-        preset: tiny (24 frames at 96x72, for tests) or demo (80 frames at 256x192, the `make demo` scene).
+        preset: tiny (24 frames at 96x72, for tests), demo (80 frames at 256x192, the `make demo` scene) or hard
+            (the demo's size, 13-16 objects with same-class neighbours: bench/associate.py's harder scene).
         seed: Seed for layout, textures, camera and the SIMULATED segmenter noise; the same seed gives the same
-            scene (default: the preset's, tiny 0, demo 5).
+            scene (default: the preset's, tiny 0, demo 5, hard 4).
         num_frames: Override the preset's number of frames (every 5th is a test view).
         width: Override the preset's image width in pixels.
         height: Override the preset's image height in pixels.

@@ -64,10 +64,12 @@ class SceneSection:
 class SegmentSection(SegmenterConfig):
     """Where the multi-view-consistent 2D panoptic masks come from (the PanSt3R fields apply to kind panst3r)."""
 
-    kind: Literal["simulated", "precomputed", "panst3r"] = "simulated"
+    kind: Literal["simulated", "precomputed", "per_frame", "panst3r"] = "simulated"
     """simulated: the synthetic scene's panoptic_consistent/ maps (GT with synthetic noise, NOT a real model);
     precomputed: a folder of semantics/<stem>.png (uint8) + instance/<stem>.png (uint16, ids consistent across
-    views); panst3r: run the PanSt3R segmenter on the train images."""
+    views); per_frame: per-frame predictions whose ids are NOT consistent across views (Mask2Former-style:
+    semantics/ + instance/, or a PanLift scene's m2f_semantics/ + m2f_instance/), associated in 3D through the
+    Gaussians; panst3r: run the PanSt3R segmenter on the train images. Stuff may carry its own ids or instance 0."""
     path: Optional[Path] = None
     """simulated/precomputed: the folder holding semantics/ and instance/ (simulated defaults to
     SCENE/panoptic_consistent)."""
@@ -98,12 +100,23 @@ class UpliftSection:
     top_k: Optional[int] = None
     """Keep only the k best instances per Gaussian (memory N*k instead of N*K); None = keep all (dense)."""
     fallback: Literal["nearest", "void"] = "nearest"
-    """Rendered pixels with no labelled Gaussian: take the nearest labelled pixel's instance, or stay void."""
+    """Rendered pixels with no labelled Gaussian: take the nearest labelled pixel's instance (at most fill_px
+    away), or stay void."""
     min_weight: float = 1e-3
     """Accumulated label weight below which a rendered pixel counts as having no label (then: fallback)."""
     scale: float = 1.0
     """Resolution of the training views the labels are uplifted from, as a fraction of the images' (masks are
     resized nearest-neighbour)."""
+    min_labelled_share: float = 0.5
+    """A rendered pixel whose labelled Gaussians make up less than this share of its opacity has no label either
+    (it is mostly covered by Gaussians no mask labelled): fallback, else void."""
+    fill_px: float = 8.0
+    """fallback nearest: farthest distance (pixels) a label is carried into unlabelled pixels; farther ones are void."""
+    self_check_views: int = 6
+    """Train views re-rendered from the uplifted Gaussians and scored against their own masks (0 = no self-check)."""
+    associate_min_overlap: float = 0.3
+    """per_frame: 3D overlap score (Dice of the Gaussian weight they share) above which two per-view thing segments
+    are one instance."""
 
 
 @dataclass

@@ -151,9 +151,13 @@ def _instance_table(doc: "_Doc", run: Path) -> None:
     pct = legend.get("bbox_percentiles")
     rows = []
     for key, r in sorted(instances.items(), key=lambda kv: int(kv[0])):
-        lo, hi = np.asarray(r.get("bbox_min", [np.nan] * 3)), np.asarray(r.get("bbox_max", [np.nan] * 3))
-        box = f"({', '.join(f'{v:.2f}' for v in lo)}) – ({', '.join(f'{v:.2f}' for v in hi)})"
-        size = " × ".join(f"{v:.2f}" for v in hi - lo)
+        lo, hi = r.get("bbox_min"), r.get("bbox_max")
+        if isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == 3:
+            lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+            box = f"({', '.join(f'{v:.2f}' for v in lo)}) – ({', '.join(f'{v:.2f}' for v in hi)})"
+            size = " × ".join(f"{v:.2f}" for v in hi - lo)
+        else:  # an instance no Gaussian ended up with has no box
+            box, size = "–", "–"
         pid = int(key) if r.get("class_id") in THING_IDS else STUFF_ID_OFFSET + int(r.get("class_id", 0))
         col = tuple((palette([pid])[0] * 255.0 + 0.5).astype(int).tolist())
         c = conf.get(int(key))
@@ -231,6 +235,10 @@ class _Doc:
         self.html.append(f"<p>{html.escape(text)}</p>")
         self.md.append(text + "\n")
 
+    def warn(self, text: str):
+        self.html.append(f"<p class=warn>WARNING: {html.escape(text)}</p>")
+        self.md.append(f"**WARNING:** {text}\n")
+
     def table(self, header: list[str], rows: list[list[str]]):
         th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -272,7 +280,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;col
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.row{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0}figcaption{font-size:11px;color:#555;text-align:center}img{image-rendering:pixelated;max-width:296px}
-.cap{font-size:12px;color:#555}.note{color:#8a5a00}
+.cap{font-size:12px;color:#555}.note{color:#8a5a00}.warn{color:#b00;font-weight:bold}
 figure.wide{width:100%}img.wide{max-width:100%;width:100%;image-rendering:auto}
 .sw{display:inline-block;width:28px;height:14px;border:1px solid #444;vertical-align:middle}
 table.key td{padding:1px 8px}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}
@@ -353,6 +361,28 @@ def _contact_sheet(doc: "_Doc", folder: Path, scene, count: int, prefix: str, ca
     return True
 
 
+def _checks_section(doc: _Doc, metrics: dict) -> None:
+    """Warnings first (pipeline.checks), then the self-check and, for per-frame masks, the association."""
+    warnings = metrics.get("warnings") or []
+    if warnings:
+        doc.h("WARNINGS")
+        for w in warnings:
+            doc.warn(w)
+    sc = metrics.get("self_check")
+    if isinstance(sc, dict) and sc.get("agreement") is not None:
+        doc.p(f"self-check ({len(sc.get('views', []))} train views re-rendered from the uplifted Gaussians vs their own "
+              f"masks): pixel agreement {sc['agreement']:.1%}, class agreement {sc.get('class_agreement') or 0:.1%}, "
+              + (f"thing-id agreement {sc['thing_agreement']:.1%}, " if sc.get("thing_agreement") is not None else "")
+              + f"PQ {format_pct(sc.get('pq'))}"
+              + (f" · rendered test pixels left void: {metrics['render_void_share']:.1%}"
+                 if metrics.get("render_void_share") is not None else ""))
+    a = metrics.get("association")
+    if isinstance(a, dict):
+        doc.p(f"per-frame masks associated in 3D: {a.get('num_segments')} per-view thing segments -> "
+              f"{a.get('num_instances')} scene-wide things (+ {a.get('num_stuff_classes')} stuff classes) in "
+              f"{a.get('association_s', 0):.2f} s after the {a.get('ludvig_pass_s', 0):.1f} s LUDVIG pass")
+
+
 def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 16) -> Path:
     """Write RUN_DIR/report.html and report.md (+ report_assets/); return the HTML path."""
     run = Path(run_dir)
@@ -367,6 +397,8 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     doc.p(f"scene: {scene_path or '?'} · segmenter: {seg_kind}"
           + (" (SIMULATED segmenter: GT with synthetic noise, not a real model)" if seg_kind == "simulated" else ""))
     _next_steps(doc, run)
+
+    _checks_section(doc, metrics)
 
     # -- metrics ------------------------------------------------------------------------------
     doc.h("Metrics (scene-level PQ, PanLift protocol, ×100)")
@@ -411,11 +443,18 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
 
     scene = _test_views(doc, run, cfg, num_views)
 
-    # -- segmenter contact sheet ---------------------------------------------------------------------
+    # -- segmenter contact sheet(s) ----------------------------------------------------------------
     doc.h("Segmenter outputs on training views")
-    if not _contact_sheet(doc, run / "segment", scene, contact_sheet, "seg", "one colour per thing id (ids are shared "
+    per_frame = seg_kind == "per_frame"
+    if not _contact_sheet(doc, run / "segment", scene, contact_sheet, "seg",
+                          "one colour per thing id and per stuff class; per-frame ids: the same object has different "
+                          "colours in different views" if per_frame else "one colour per thing id (ids are shared "
                           "across views) and per stuff class, the same colours as in the test views and their key"):
         doc.p("No segmenter outputs in this run.")
+    if (run / "uplift" / "associated" / "instance").is_dir():
+        doc.h("Associated train masks (per-frame segments joined into scene-wide instances in 3D)", 3)
+        _contact_sheet(doc, run / "uplift" / "associated", scene, contact_sheet, "assoc",
+                       "one colour per scene-wide instance id after association")
 
     # -- training curve ---------------------------------------------------------------------------
     doc.h("Training")

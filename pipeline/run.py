@@ -228,6 +228,25 @@ def collect_metrics(run_dir: Path) -> dict:
             rss[name] = m.get("peak_rss_mb")
     out["timings_s"] = timings
     out["peak_rss_mb"] = rss
+    out.update(_checks(run_dir))
+    return out
+
+
+def _checks(run_dir: Path) -> dict:
+    """Warnings, self-check and render void share from the uplift and render manifests (pipeline.checks)."""
+    uinfo = (read_json_if_present(run_dir / "uplift" / "manifest.json") or {}).get("info", {})
+    rinfo = (read_json_if_present(run_dir / "render" / "manifest.json") or {}).get("info", {})
+    out: dict = {"warnings": list(uinfo.get("warnings") or []) + list(rinfo.get("warnings") or [])}
+    if uinfo.get("self_check") is not None:
+        out["self_check"] = uinfo["self_check"]
+    for key, name in (("labelled_fraction", "gaussians"), ("labelled_nonvoid_pixels", "nonvoid_train_pixels")):
+        if uinfo.get(key) is not None:
+            out.setdefault("labelled_share", {})[name] = uinfo[key]
+    if rinfo.get("void_share") is not None:
+        out["render_void_share"] = rinfo["void_share"]
+        out["render_filled_share"] = rinfo.get("filled_share")
+    if uinfo.get("association"):
+        out["association"] = uinfo["association"]
     return out
 
 
@@ -243,7 +262,13 @@ def print_summary(outcome: RunOutcome, console) -> None:
         info = r.manifest.get("info", {}) if r.manifest else {}
         note = ""
         if r.name == "segment":
-            note = f"{info.get('kind', '')}{' (SIMULATED)' if info.get('simulated') else ''}, {info.get('num_instances', '?')} instances"
+            per_frame = info.get("kind") == "per_frame"
+            note = (f"{info.get('kind', '')}{' (SIMULATED)' if info.get('simulated') else ''}, "
+                    f"{info.get('num_instances', '?')} {'per-frame segment ids' if per_frame else 'instances'}")
+            conv = (info.get("masks_read") or {}).get("convention")
+            if conv:
+                note += {"stuff_instance_0": ", stuff with instance 0 (PanLift convention)",
+                         "stuff_own_ids": ", stuff with its own ids", "mixed": ", stuff: both conventions"}.get(conv, "")
         elif r.name == "splat" and info:
             bits = []
             if info.get("num_gaussians") is not None:
@@ -256,6 +281,10 @@ def print_summary(outcome: RunOutcome, console) -> None:
         elif r.name == "uplift" and info:
             note = (f"{info.get('num_labels', '?')} instances over {info.get('num_views', '?')} views, "
                     f"{_floor_percent(info.get('labelled_fraction', 0))} of Gaussians labelled")
+            if info.get("association"):
+                a = info["association"]
+                note += (f"; {a['num_segments']} per-view segments associated into {a['num_instances']} things "
+                         f"in {a['association_s']:.1f} s")
         elif r.name == "render" and info:
             note = f"{info.get('num_views', '?')} views"
         st.add_row(r.name, r.status, f"{r.manifest.get('wall_s', 0):.1f}", f"{r.manifest.get('peak_rss_mb', 0):.0f}", note)
@@ -281,6 +310,8 @@ def print_summary(outcome: RunOutcome, console) -> None:
         extra.append(f"{m['num_gaussians']:,} Gaussians")
     extra.append(f"total {outcome.wall_s:.1f} s")
     console.print(" · ".join(extra))
+    for w in m.get("warnings") or []:
+        console.print(f"[bold red]WARNING:[/bold red] {w}")
     if outcome.report is not None:
         console.print(f"report: {outcome.report}")
 

@@ -8,6 +8,7 @@ same reader (`pipeline.scene.load_scene`) serves real and synthetic data:
     depth/<f>.npy  splits.json  points3d.ply  scene_meta.json
     panoptic_consistent/{semantics,instance}/<f>.png, segments.json, manifest.json   (SIMULATED segmenter)
     m2f_semantics/<f>.png  m2f_instance/<f>.png                                      (SIMULATED segmenter)
+    simulated_m2f_consistent/{semantics,instance}/<f>.png   (the same SIMULATED per-frame masks, consistent ids)
 
 Geometry is exact (analytic ray-primitive intersections, depth is the z-depth of the pixel-centre ray), the
 camera follows PanLift's convention (c2w with OpenCV axes, K with pixel centres at integer coordinates), and
@@ -16,7 +17,12 @@ optimiser can learn them.
 
 The *simulated* segmenter outputs are GT corrupted by boundary jitter, dropped instances and per-frame class
 confusions at rates set in `SynthConfig`; they stand in for PanSt3R (multi-view consistent ids) and for
-Mask2Former (PanLift's per-frame `m2f_*` ids) when no real segmenter output is available.
+Mask2Former (PanLift's per-frame `m2f_*` ids) when no real segmenter output is available. The simulated
+per-frame masks are harder: besides that noise, a thing is split in two in some frames (over-segmentation),
+swallows a touching thing in others (under-segmentation), and thing ids come from one scene-wide counter in
+an order shuffled per frame (unique per frame and segment, as PanLift's); stuff
+has instance 0 (PanLift's convention). `simulated_m2f_consistent/` holds the very same masks with ids kept
+consistent across views (stuff as one segment per class), the upper reference for the 3D association.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .common.classes import PANLIFT_CLASSES, is_thing
+from .common.classes import PANLIFT_CLASSES, THING_IDS, is_thing
 from .common.io import InputError, atomic_dir
 from .common.progress import progress_bar
 
@@ -44,6 +50,8 @@ __all__ = [
     "GENERATOR",
     "GENERATOR_VERSION",
     "SIMULATED_CONSISTENT_DIR",
+    "SIMULATED_M2F_CONSISTENT_DIR",
+    "simulate_split_merge",
     "generate",
     "synth_command",
     "make_config",
@@ -56,6 +64,8 @@ __all__ = [
 GENERATOR = "pipeline.synth"
 GENERATOR_VERSION = "1.0"
 SIMULATED_CONSISTENT_DIR = "panoptic_consistent"
+SIMULATED_M2F_CONSISTENT_DIR = "simulated_m2f_consistent"
+_FRAGMENT_ID0 = 40000  # consistent-reference ids of split-off halves (one fresh id each), below STUFF_ID_OFFSET
 
 _EPS = 1e-4
 _WALL, _FLOOR, _CABINET, _BED, _CHAIR, _SOFA, _TABLE, _CEILING = 1, 2, 3, 4, 5, 6, 7, 13
@@ -103,6 +113,11 @@ class SynthConfig:
     """SIMULATED segmenter: probability that an object's class is swapped (this frame only)."""
     sim_boundary_px: float = 2.0
     """SIMULATED segmenter: max displacement of segment boundaries, pixels (smooth random warp)."""
+    sim_split_rate: float = 0.15
+    """SIMULATED per-frame segmenter (m2f_*): probability that a thing is split in two in a frame (over-segmentation)."""
+    sim_merge_rate: float = 0.15
+    """SIMULATED per-frame segmenter (m2f_*): probability that a thing swallows a touching thing in a frame
+    (under-segmentation)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -110,6 +125,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # seed 5: 11 objects, 8 of them things, three televisions among them, so the demo shows instances of one
     # class kept apart (seed 0 draws only 3 things)
     "demo": dict(preset="demo", seed=5, num_frames=80, width=256, height=192, num_points=5000),
+    # more objects, several of one class side by side: the harder scene of bench/associate.py
+    "hard": dict(preset="hard", seed=4, num_frames=80, width=256, height=192, num_points=5000, num_objects=(13, 16)),
 }
 
 
@@ -709,6 +726,42 @@ def simulate_segmenter(seg: np.ndarray, seg_class: dict[int, int], object_segmen
     return out, lut[out], events
 
 
+def simulate_split_merge(ids: np.ndarray, cls: np.ndarray, cfg: SynthConfig, rng: np.random.Generator,
+                         next_fragment: int) -> tuple[np.ndarray, np.ndarray, list[dict], int]:
+    """SIMULATED per-frame over-/under-segmentation of one frame's thing segments (ids consistent, classes per
+    pixel): a thing swallows a touching thing (`sim_merge_rate`), a thing is split across its major axis and
+    the far half gets a fresh id (`sim_split_rate`). Returns ids, classes, events, next fresh id."""
+    out, c = ids.copy(), cls.copy()
+    events: list[dict] = []
+    segs = [int(s) for s in np.unique(ids) if s > 0]
+    thing = {s: is_thing(int(np.bincount(cls[ids == s]).argmax())) for s in segs}
+    gone: set[int] = set()
+    for s in segs:
+        r_merge, r_split = rng.random(2)
+        if not thing[s] or s in gone:
+            continue
+        mask = out == s
+        if r_merge < cfg.sim_merge_rate:
+            ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+            nb = [int(t) for t in np.unique(out[ring]) if t > 0 and t != s and thing.get(int(t)) and t not in gone]
+            if nb:
+                t = nb[int(rng.integers(len(nb)))]
+                c[out == t] = int(np.bincount(cls[mask]).argmax())
+                out[out == t] = s
+                gone.add(t)
+                events.append({"segment": s, "event": "merged", "swallowed": t})
+                continue
+        if r_split < cfg.sim_split_rate and mask.sum() >= 20:
+            vv, uu = np.nonzero(mask)
+            pts = np.stack([vv - vv.mean(), uu - uu.mean()], 1)
+            axis = np.linalg.svd(pts, full_matrices=False)[2][0]
+            far = pts @ axis > 0
+            out[vv[far], uu[far]] = next_fragment
+            events.append({"segment": s, "event": "split", "fragment": next_fragment})
+            next_fragment += 1
+    return out, c, events, next_fragment
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------------------
@@ -773,12 +826,14 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
     pts_rng = np.random.default_rng([int(cfg.seed), 23])
     per_frame_pts = int(math.ceil(cfg.num_points / max(len(train), 1)))
     xyz_all, rgb_all = [], []
+    next_fragment = _FRAGMENT_ID0
     m2f_counter = 1
     events_all: dict[str, dict[str, list]] = {}
 
     with atomic_dir(out_dir, "synthetic scene") as tmp:
         for sub in ("color", "pose", "intrinsic", "rs_semantics", "rs_instance", "depth", "m2f_semantics",
-                    "m2f_instance", f"{SIMULATED_CONSISTENT_DIR}/semantics", f"{SIMULATED_CONSISTENT_DIR}/instance"):
+                    "m2f_instance", f"{SIMULATED_CONSISTENT_DIR}/semantics", f"{SIMULATED_CONSISTENT_DIR}/instance",
+                    f"{SIMULATED_M2F_CONSISTENT_DIR}/semantics", f"{SIMULATED_M2F_CONSISTENT_DIR}/instance"):
             (tmp / sub).mkdir(parents=True)
         K4 = np.eye(4)
         K4[:3, :3] = K
@@ -803,19 +858,27 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
             _save_png(tmp / SIMULATED_CONSISTENT_DIR / "instance" / f"{stem}.png", ids_c.astype(np.uint16))
             rng_m = np.random.default_rng([int(cfg.seed), 202, i])
             ids_m, cls_m, ev_m = simulate_segmenter(seg, seg_class, object_segments, cfg, rng_m)
+            rng_s = np.random.default_rng([int(cfg.seed), 303, i])
+            ids_m, cls_m, ev_s, next_fragment = simulate_split_merge(ids_m, cls_m, cfg, rng_s, next_fragment)
+            thing_px = np.isin(cls_m, sorted(THING_IDS)) & (ids_m > 0)
+            if next_fragment >= 60000:
+                raise InputError(f"{out_dir}: too many simulated split fragments for the id range; use fewer frames")
+            cons = np.where(thing_px, ids_m, 0)  # consistent reference: stuff with instance 0, as m2f
+            t_ids = [int(t) for t in np.unique(cons) if t > 0]
+            if m2f_counter + len(t_ids) > np.iinfo(np.uint16).max:
+                raise InputError(f"{out_dir}: too many simulated m2f segments for uint16 ids; use fewer frames")
+            # PanLift's m2f form: one scene-wide counter, so ids are unique per (frame, segment); handed out in a
+            # shuffled order per frame so nothing about an id says which object it is
+            lut = dict(zip(t_ids, (m2f_counter + rng_s.permutation(len(t_ids))).tolist()))
+            m2f_counter += len(t_ids)
             inst_m = np.zeros(ids_m.shape, dtype=np.uint16)
-            for sid in np.unique(ids_m):
-                m = ids_m == sid
-                if sid == 0:
-                    continue
-                c = int(np.bincount(cls_m[m]).argmax())
-                if is_thing(c):
-                    if m2f_counter > np.iinfo(np.uint16).max:
-                        raise InputError(f"{out_dir}: too many simulated m2f segments for uint16 ids; use fewer frames")
-                    inst_m[m] = m2f_counter
-                    m2f_counter += 1
+            for t, k in lut.items():
+                inst_m[cons == t] = k
             _save_png(tmp / "m2f_semantics" / f"{stem}.png", cls_m.astype(np.uint16))
             _save_png(tmp / "m2f_instance" / f"{stem}.png", inst_m)
+            _save_png(tmp / SIMULATED_M2F_CONSISTENT_DIR / "semantics" / f"{stem}.png", cls_m.astype(np.uint8))
+            _save_png(tmp / SIMULATED_M2F_CONSISTENT_DIR / "instance" / f"{stem}.png", cons.astype(np.uint16))
+            ev_m = ev_m + ev_s
             events_all[stem] = {"consistent": ev_c, "m2f": ev_m}
 
             if stem in train and cfg.num_points > 0:
@@ -856,6 +919,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
                 "note": sim_note,
                 "consistent_dir": SIMULATED_CONSISTENT_DIR,
                 "per_frame_dirs": ["m2f_semantics", "m2f_instance"],
+                "per_frame_consistent_reference_dir": SIMULATED_M2F_CONSISTENT_DIR,
                 "noise": _noise_settings(cfg),
                 "events": events_all,
             },
@@ -866,7 +930,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
 
 def _noise_settings(cfg: SynthConfig) -> dict:
     return {"drop_rate": cfg.sim_drop_rate, "drop_to_void": cfg.sim_drop_to_void,
-            "confuse_rate": cfg.sim_confuse_rate, "boundary_px": cfg.sim_boundary_px}
+            "confuse_rate": cfg.sim_confuse_rate, "boundary_px": cfg.sim_boundary_px,
+            "per_frame_split_rate": cfg.sim_split_rate, "per_frame_merge_rate": cfg.sim_merge_rate}
 
 
 def synth_command(out_dir: str | Path, preset: str = "demo", seed: Optional[int] = None, **overrides: Any) -> Path:

@@ -2,13 +2,15 @@
 
 Per pixel, F(u) = Σ_i f_i α_i T_i with f_i the Gaussian's normalised distribution (all-zero for
 unlabelled Gaussians). argmax_k F(u) is the instance; the instance's class comes from `id_to_class`.
-Σ_k F_k(u) is the accumulated weight of labelled Gaussians in [0, 1]; where it is below `min_weight`
-the pixel has no evidence and takes the fallback:
+Σ_k F_k(u) is the accumulated weight of labelled Gaussians in [0, 1]; where it is below `min_weight`, or
+below `min_labelled_share` of the pixel's rendered opacity (the pixel is mostly covered by Gaussians that no
+mask labelled), the pixel has no evidence and takes the fallback:
 
 * "nearest" (default): the instance of the nearest pixel that has evidence (Euclidean, via
-  scipy.ndimage.distance_transform_edt indices). The evaluator scores every GT-labelled pixel, and a
-  predicted class 0 is an extra stuff class that can only cost PQ, so never emit void where credit is wanted.
-  A view with no evidence anywhere stays void (0).
+  scipy.ndimage.distance_transform_edt indices), but only up to `fill_px` pixels away: the evaluator scores
+  every GT-labelled pixel and a predicted class 0 costs PQ, so thin gaps are filled; a large region without
+  labelled Gaussians (e.g. stuff the masks never labelled) stays void instead of taking the colours of
+  whatever thing is nearest. A view with no evidence anywhere stays void (0).
 * "void": instance 0 and class 0 (for visualisation or when holes must show).
 Confidence is max_k F_k / Σ_k F_k (0 at fallback pixels).
 """
@@ -44,12 +46,16 @@ def _class_lookup(id_to_class: Mapping, label_ids: np.ndarray) -> np.ndarray:
 
 
 def render_panoptic(gaussians, result: UpliftResult, cameras, id_to_class: Mapping, *, fallback: str = "nearest",
-                    min_weight: float = 1e-3, chunk_channels: int = 64, backend: str = "auto"
+                    min_weight: float = 1e-3, chunk_channels: int = 64, backend: str = "auto",
+                    min_labelled_share: float = 0.0, fill_px: float = float("inf"), stats: dict | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render instance ids, classes and confidence at C camera poses.
 
     Returns instance [C, H, W] int64 (original label ids, 0 = void), semantics [C, H, W] int64,
-    confidence [C, H, W] float32.
+    confidence [C, H, W] float32. A pixel has a label when its labelled weight is >= min_weight and >=
+    min_labelled_share x its rendered opacity (else fallback). `stats` (a dict, updated in place) counts
+    "pixels", "below_min_weight" (pixels without enough labelled weight), "filled" (of those, given the
+    nearest label) and "void".
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -69,6 +75,10 @@ def render_panoptic(gaussians, result: UpliftResult, cameras, id_to_class: Mappi
     sem = np.zeros((n_cam, H, W), np.int64)
     conf = np.zeros((n_cam, H, W), np.float32)
     if K == 0:
+        if stats is not None:
+            n_px = n_cam * H * W
+            for key in ("pixels", "below_min_weight", "void"):
+                stats[key] = stats.get(key, 0) + n_px
         return inst, sem, conf
     blocks = [(lo, min(lo + chunk_channels, K)) for lo in range(0, K, chunk_channels)]
     feats = [result.channel_block(lo, hi).to(geom["means"].device) for lo, hi in blocks]  # [N, B] each
@@ -77,24 +87,33 @@ def render_panoptic(gaussians, result: UpliftResult, cameras, id_to_class: Mappi
         best = torch.full((H, W), -1.0)
         arg = torch.zeros((H, W), dtype=torch.long)
         total = torch.zeros((H, W))
+        alpha = torch.zeros((H, W))
         with torch.no_grad():
             for (lo, _), f in zip(blocks, feats):
-                out = render_fn(geom, cam, f, backend=backend, render_depth=False).features[0].float().cpu()  # [H, W, B]
+                r = render_fn(geom, cam, f, backend=backend, render_depth=False)
+                out = r.features[0].float().cpu()  # [H, W, B]
+                alpha = r.alpha[0, ..., 0].float().cpu()
                 v, a = out.max(-1)
                 better = v > best
                 best = torch.where(better, v, best)
                 arg = torch.where(better, a + lo, arg)
                 total += out.sum(-1)
-        ok = (total >= min_weight).numpy()
+        ok = ((total >= min_weight) & (total >= min_labelled_share * alpha)).numpy()
         ch = arg.numpy()
         inst_c = np.where(ok, result.label_ids[ch], 0)
         sem_c = np.where(ok, cls_of[ch], 0)
         conf_c = np.where(ok, (best / total.clamp_min(1e-12)).numpy(), 0.0).astype(np.float32)
+        filled = np.zeros_like(ok)
         if fallback == "nearest" and ok.any() and not ok.all():
-            _, (iy, ix) = distance_transform_edt(~ok, return_indices=True)
-            inst_c = inst_c[iy, ix]
-            sem_c = sem_c[iy, ix]
+            dist, (iy, ix) = distance_transform_edt(~ok, return_indices=True)
+            filled = ~ok & (dist <= fill_px)
+            inst_c = np.where(filled, inst_c[iy, ix], inst_c)
+            sem_c = np.where(filled, sem_c[iy, ix], sem_c)
         inst[c], sem[c], conf[c] = inst_c, sem_c, conf_c
+        if stats is not None:
+            for key, v in (("pixels", ok.size), ("below_min_weight", int((~ok).sum())), ("filled", int(filled.sum())),
+                           ("void", int((sem_c == 0).sum()))):
+                stats[key] = stats.get(key, 0) + int(v)
     return inst, sem, conf
 
 

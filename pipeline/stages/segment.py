@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import StageContext, scene_geometry_digest, scene_layout_digest
-from ..common.classes import PANLIFT_CLASSES, THING_IDS
-from ..common.io import InputError, read_png, write_json, write_png
-from ..common.labels import id_classes, majority_class, resize_nearest
+from ..common.classes import THING_IDS
+from ..common.io import InputError, read_json_if_present, read_png, write_json, write_png
+from ..common.labels import STUFF_ID_OFFSET, id_classes, majority_class, resize_nearest
+from ..masks import MaskStats, convention_note, per_frame_dirs, read_mask_pair, segment_ids
 from .shared import class_names, progress
 
-__all__ = ["segment_inputs", "segment_run", "validate_segment_inputs", "load_panst3r", "panst3r_pass",
+MASK_KINDS = ("simulated", "precomputed", "per_frame")
+
+__all__ = ["MASK_KINDS", "segment_inputs", "segment_run", "validate_segment_inputs", "load_panst3r", "panst3r_pass",
            "panst3r_inputs"]
 
 
@@ -25,22 +28,24 @@ def _mask_source(ctx: StageContext) -> Path:
             raise InputError(f"{src}: no simulated segmenter maps; the simulated segmenter reads a synthetic scene's "
                              "panoptic_consistent/ (generate one with `python -m pipeline synth DIR`) or pass --segment.path")
         return Path(src)
+    if sc.kind == "per_frame" and sc.path is None:
+        return ctx.scene.root  # a PanLift scene's own m2f_semantics/ + m2f_instance/
     if sc.path is None:
         raise InputError("segment.kind precomputed needs --segment.path DIR holding semantics/<stem>.png and instance/<stem>.png")
     if not Path(sc.path).is_dir():
-        raise InputError(f"{sc.path}: precomputed segmentation folder does not exist; pass --segment.path DIR "
-                         "holding semantics/<stem>.png (uint8) and instance/<stem>.png (uint16)")
+        raise InputError(f"{sc.path}: {sc.kind} segmentation folder does not exist; pass --segment.path DIR "
+                         "holding semantics/<stem>.png (class ids) and instance/<stem>.png (uint16 ids)")
     return Path(sc.path)
 
 
-def _check_mask_sizes(src: Path, scene) -> None:
+def _check_mask_sizes(dirs: tuple[Path, Path, Path], scene) -> None:
     """Mask sizes from the PNG headers only (cheap), so masks of the wrong size are refused before any work."""
     from PIL import Image
 
     for stem in scene.train:
         frame = scene.frame(stem)
-        for what in ("semantics", "instance"):
-            p = src / what / f"{stem}.png"
+        for d in (dirs[2], dirs[1]):  # instance first: its message names the map users get wrong most
+            p = d / f"{stem}.png"
             try:
                 with Image.open(p) as im:
                     w, h = im.size
@@ -51,8 +56,17 @@ def _check_mask_sizes(src: Path, scene) -> None:
                                  "write masks at the image size (or a same-aspect downscale)")
 
 
-def _mask_files(src: Path, stems: list[str]) -> tuple[list[str], list[str]]:
-    present = [s for s in stems if (src / "semantics" / f"{s}.png").is_file() and (src / "instance" / f"{s}.png").is_file()]
+def _mask_dirs(ctx: StageContext) -> tuple[Path, Path, Path]:
+    """(source folder, semantics dir, instance dir) of the masks the segment kind reads."""
+    src = _mask_source(ctx)
+    if ctx.cfg.segment.kind == "per_frame":
+        return (src, *per_frame_dirs(src))
+    return src, src / "semantics", src / "instance"
+
+
+def _mask_files(dirs: tuple[Path, Path, Path], stems: list[str]) -> tuple[list[str], list[str]]:
+    _, sd, idir = dirs
+    present = [s for s in stems if (sd / f"{s}.png").is_file() and (idir / f"{s}.png").is_file()]
     missing = [s for s in stems if s not in set(present)]
     return present, missing
 
@@ -60,16 +74,16 @@ def _mask_files(src: Path, stems: list[str]) -> tuple[list[str], list[str]]:
 def validate_segment_inputs(ctx: StageContext) -> None:
     """Fail before any stage runs when the masks' source cannot work (a clear line, no half-written folder)."""
     sc = ctx.cfg.segment
-    if sc.kind in ("simulated", "precomputed"):
-        src = _mask_source(ctx)
-        _, missing = _mask_files(src, ctx.scene.train)
+    if sc.kind in MASK_KINDS:
+        dirs = _mask_dirs(ctx)
+        _, missing = _mask_files(dirs, ctx.scene.train)
         if missing:
             s = missing[0]
-            what = "semantics" if not (src / "semantics" / f"{s}.png").is_file() else "instance"
-            raise InputError(f"{src / what / (s + '.png')}: missing {what} map for train frame {s!r} "
+            d = dirs[1] if not (dirs[1] / f"{s}.png").is_file() else dirs[2]
+            raise InputError(f"{d / (s + '.png')}: missing {d.name} map for train frame {s!r} "
                              f"({len(missing)} of {len(ctx.scene.train)} train frames lack maps); "
                              "write semantics/<stem>.png and instance/<stem>.png for every train frame")
-        _check_mask_sizes(src, ctx.scene)
+        _check_mask_sizes(dirs, ctx.scene)
     elif sc.kind == "panst3r":
         if sc.checkpoint is None:
             raise InputError("segment.kind panst3r needs --segment.checkpoint PATH to a PanSt3R checkpoint")
@@ -84,7 +98,7 @@ def validate_segment_inputs(ctx: StageContext) -> None:
 
         class_vocabulary(sc.vocabulary, sc.text_embeddings, "cpu", panlift_ids=True, how=_EMBEDDINGS_HOW)
     else:  # tyro/YAML already restrict it; kept for programmatic configs
-        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
+        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed, per_frame or panst3r")
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:
@@ -92,44 +106,24 @@ def segment_inputs(ctx: StageContext) -> dict[str, str]:
     sc = ctx.cfg.segment
     if sc.kind == "panst3r":
         return {"scene": scene_geometry_digest(ctx.scene, ctx.hashes), **panst3r_inputs(ctx)}
-    src = _mask_source(ctx)
+    src, sd, idir = _mask_dirs(ctx)
     stems = ctx.scene.train + ctx.scene.test
-    files = [src / d / f"{s}.png" for s in stems for d in ("semantics", "instance")]
+    files = [d / f"{s}.png" for s in stems for d in (sd, idir)]
     files = [p for p in files if p.is_file()]
-    if (src / "segments.json").is_file():
+    if sc.kind != "per_frame" and (src / "segments.json").is_file():
         files.append(src / "segments.json")
     return {"scene": scene_layout_digest(ctx.scene), "masks": ctx.hashes.files(files, src)}
 
 
-def _load_mask_pair(src: Path, stem: str, frame) -> tuple[np.ndarray, np.ndarray]:
-    sp, ip = src / "semantics" / f"{stem}.png", src / "instance" / f"{stem}.png"
-    sem, inst = read_png(sp), read_png(ip)
-    if sem.ndim != 2:
-        raise InputError(f"{sp}: semantics must be a single-channel uint8 PNG of class ids, got shape {sem.shape}")
-    if inst.ndim != 2:
-        raise InputError(f"{ip}: instance must be a single-channel uint16 PNG of ids, got shape {inst.shape}")
-    if sem.shape != inst.shape:
-        raise InputError(f"{ip}: instance map is {inst.shape[1]}x{inst.shape[0]} but {sp.name} is "
-                         f"{sem.shape[1]}x{sem.shape[0]}; write both at the same size")
-    h, w = sem.shape
-    if abs(w / h - frame.width / frame.height) > 0.01 or w > frame.width or h > frame.height:
-        raise InputError(f"{ip}: masks are {w}x{h} but frame {stem!r} is {frame.width}x{frame.height}; "
-                         "write masks at the image size (or a same-aspect downscale)")
-    if sem.max(initial=0) >= len(PANLIFT_CLASSES):
-        raise InputError(f"{sp}: class id {int(sem.max())} outside the PanLift vocabulary (0..{len(PANLIFT_CLASSES) - 1})")
-    if not (inst > 0).any():
-        raise InputError(f"{ip}: empty mask (no pixel has an instance id > 0); the segmenter found nothing in "
-                         f"frame {stem!r} — drop the frame or fix the masks")
-    return sem.astype(np.uint8), inst.astype(np.uint16)
-
-
-def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray]) -> dict[int, int]:
-    """Class of each instance id: the source's segments.json when it has one, else the pixel majority
-    (`majority_class`: void only for an id with no other class, ties to the lowest class id)."""
+def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray], use_json: bool = True) -> dict[int, int]:
+    """Class of each segment id: stuff-class segments (STUFF_ID_OFFSET + class) by construction; the others from
+    the source's segments.json when it has one, else the pixel majority (`majority_class`: void only for an id
+    with no other class, ties to the lowest class id)."""
     seg_json = src / "segments.json"
     present = np.unique(np.concatenate([i.reshape(-1) for i in insts]))
-    present = [int(i) for i in present if i > 0]
-    if seg_json.is_file():
+    fixed = {int(i): int(i) - STUFF_ID_OFFSET for i in present if i >= STUFF_ID_OFFSET}
+    present = [int(i) for i in present if 0 < i < STUFF_ID_OFFSET]
+    if use_json and seg_json.is_file():
         try:
             data = json.loads(seg_json.read_text())
             table = {int(k): int(v["class_id"] if isinstance(v, dict) else v) for k, v in data.items()}
@@ -138,38 +132,73 @@ def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray]) -
         missing = [i for i in present if i not in table]
         if missing:
             raise InputError(f"{seg_json}: instance ids {missing[:5]} appear in the masks but not in segments.json")
-        return {i: table[i] for i in present}
-    return majority_class(insts, sems)
+        return {**{i: table[i] for i in present}, **fixed}
+    own = [np.where(i < STUFF_ID_OFFSET, i, 0) for i in insts]
+    return {**{i: c for i, c in majority_class(own, sems).items() if i in set(present)}, **fixed}
 
 
 def _run_segment_maps(ctx: StageContext, out: Path) -> dict:
+    """simulated / precomputed / per_frame: validate every frame, convert to segment ids (pipeline.masks), write.
+
+    Everything is read and checked before the first file is written, so a bad frame leaves nothing behind (the
+    stage folder is atomic too). per_frame keeps each view's own thing ids (the uplift stage associates them)."""
     sc = ctx.cfg.segment
-    src = _mask_source(ctx)
     validate_segment_inputs(ctx)
-    test_present, test_missing = _mask_files(src, ctx.scene.test)
+    dirs = _mask_dirs(ctx)
+    src, sd, idir = dirs
+    test_present, test_missing = _mask_files(dirs, ctx.scene.test)
     test = ctx.scene.test if not test_missing else []
     stems = list(ctx.scene.train) + [s for s in test if s not in set(ctx.scene.train)]
-    sems, insts = [], []
+    per_frame = sc.kind == "per_frame"
+    stats = MaskStats()
+    sems, ids = [], []
     with progress(ctx, len(stems), f"segment ({sc.kind})") as bar:
         for s in stems:
-            sem, inst = _load_mask_pair(src, s, ctx.scene.frame(s))
-            write_png(out / "semantics" / f"{s}.png", sem)
-            write_png(out / "instance" / f"{s}.png", inst)
+            f = ctx.scene.frame(s)
+            sem, inst = read_mask_pair(sd / f"{s}.png", idir / f"{s}.png", f.width, f.height, s)
+            seg = segment_ids(sem, inst, idir / f"{s}.png", stuff_by_class=per_frame)
+            if s in set(ctx.scene.train):
+                stats.add(sem, inst, seg, s)
             sems.append(sem)
-            insts.append(inst)
+            ids.append(seg.astype(np.uint16))
             bar.update(1)
-    id_to_class = _segments_from(src, sems, insts)
+    for s, sem, seg in zip(stems, sems, ids):
+        write_png(out / "semantics" / f"{s}.png", sem)
+        write_png(out / "instance" / f"{s}.png", seg)
+    id_to_class = _segments_from(src, sems, ids, use_json=not per_frame)
     names = class_names()
     write_json(out / "segments.json", {str(i): {"class_id": c, "class_name": names.get(c, str(c)),
                                                  "thing": c in THING_IDS} for i, c in sorted(id_to_class.items())})
-    note = ("SIMULATED segmenter: GT labels with synthetic noise, not a real model" if sc.kind == "simulated"
-            else "precomputed masks")
-    info = {"kind": sc.kind, "simulated": sc.kind == "simulated", "source": str(src), "note": note,
-            "train": list(ctx.scene.train), "test": list(test), "num_instances": len(id_to_class)}
+    if sc.kind == "simulated":
+        note = "SIMULATED segmenter: GT labels with synthetic noise, not a real model"
+    elif per_frame:
+        note = "per-frame masks (ids not consistent across views; associated in 3D by the uplift stage)"
+    else:
+        note = "precomputed masks"
+    sim = sc.kind == "simulated" or _simulated_source(src)
+    if sim and sc.kind != "simulated":
+        note += " — SIMULATED per-frame segmenter output of a synthetic scene"
+    note += "; " + convention_note(stats)
+    info = {"kind": sc.kind, "simulated": sim, "source": str(src), "masks": [str(sd), str(idir)], "note": note,
+            "masks_read": stats.as_dict(), "train": list(ctx.scene.train), "test": list(test),
+            "num_instances": len(id_to_class)}
+    if per_frame:
+        info["num_instances_note"] = "per-frame segment ids; the scene-wide count is known after association"
     if test_missing and test_present:
         info["test_note"] = f"{len(test_missing)} of {len(ctx.scene.test)} test frames lack maps; no segmenter_on_test score"
     write_json(out / "info.json", info)
     return info
+
+
+def _simulated_source(src: Path) -> bool:
+    """A synthetic scene's own folders hold SIMULATED segmenter output (pipeline.synth)."""
+    from ..synth import GENERATOR
+
+    for p in (src / "scene_meta.json", src.parent / "scene_meta.json"):
+        meta = read_json_if_present(p)
+        if isinstance(meta, dict) and meta.get("generator") == GENERATOR:
+            return True
+    return False
 
 
 _MERGE_ALIASES = {"standard": "standard_v2"}

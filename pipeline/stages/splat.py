@@ -31,7 +31,9 @@ def splat_inputs(ctx: StageContext) -> dict[str, str]:
             "segment": upstream(ctx, "segment", ("instance", "segments.json"))}
 
 
-def _train_instance_maps(ctx: StageContext) -> dict[str, np.ndarray]:
+def _train_instance_maps(ctx: StageContext) -> dict[str, np.ndarray] | None:
+    if ctx.cfg.segment.kind == "per_frame":  # per-frame ids are not consistent: no panoptic-colour target (λ_pan = 0)
+        return None
     seg = ctx.stage_dir("segment")
     return {s: read_png(seg / "instance" / f"{s}.png").astype(np.int64) for s in ctx.scene.train}
 

@@ -154,11 +154,12 @@ def test_precomputed_missing_stem_leaves_nothing(tmp_path):
 def test_precomputed_size_mismatch_and_empty_mask(tmp_path):
     scene = make_panlift_scene(tmp_path / "scene")
     masks = make_masks(tmp_path / "masks", scene, ["0", "1", "2", "3", "4"])
-    Image.fromarray(np.ones((12, 16), np.uint16) * 0).save(masks / "instance" / "4.png")  # all void
+    # instance 0 everywhere is PanLift's convention for stuff (not an error); class 0 everywhere is an all-void frame
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(masks / "semantics" / "4.png")
     run = tmp_path / "run"
     p = cli("run", DEMO, "--scene.path", scene, "--segment.kind", "precomputed", "--segment.path", masks,
             "--output.dir", run)
-    assert_one_line_error(p, "empty mask")
+    assert_one_line_error(p, "4.png: all-void frame")
     assert no_stage_folders(run)
     Image.fromarray(np.ones((6, 6), np.uint16)).save(masks / "instance" / "4.png")
     p = cli("run", DEMO, "--scene.path", scene, "--segment.kind", "precomputed", "--segment.path", masks,

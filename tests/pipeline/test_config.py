@@ -134,7 +134,7 @@ def test_config_errors_name_key_and_file(tmp_path, doc, needle):
 
 
 def test_cli_choice_error_is_one_line():
-    with pytest.raises(InputError, match=r"--segment.kind 'bogus' is not valid; use one of simulated, precomputed, panst3r"):
+    with pytest.raises(InputError, match=r"--segment.kind 'bogus' is not valid; use one of simulated, precomputed, per_frame, panst3r"):
         parse_run_args(CONFIGS_DIR / "demo.yaml", ["--segment.kind", "bogus"])
 
 

@@ -103,7 +103,9 @@ def _labelled(run: Path):
               "instances": {"1": {"class_id": 5, "class_name": "chair", "num_gaussians": 3,
                                   "bbox_min": [0.0, -1.0, 0.5], "bbox_max": [1.25, 1.0, 2.0]},
                             "2": {"class_id": 1, "class_name": "wall", "num_gaussians": 2,
-                                  "bbox_min": [-3.0, -3.0, 0.0], "bbox_max": [3.0, 3.0, 2.5]}}}
+                                  "bbox_min": [-3.0, -3.0, 0.0], "bbox_max": [3.0, 3.0, 2.5]},
+                            "3": {"class_id": 5, "class_name": "chair", "num_gaussians": 0,
+                                  "bbox_min": None, "bbox_max": None}}}  # an instance no Gaussian kept
     (run / "uplift/legend.json").write_text(json.dumps(legend))
     names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -157,6 +159,7 @@ def test_colour_key_instance_table_and_same_colours_everywhere(tmp_path):
     assert ("<td>1</td><td>chair</td><td>3</td><td>(0.00, -1.00, 0.50) – (1.25, 1.00, 2.00)</td>"
             "<td>1.25 × 2.00 × 1.50</td><td>0.70</td>") in page
     assert "<td>2</td><td>wall</td><td>2</td>" in page and "<td>0.50</td>" in page.split("<td>2</td><td>wall</td>")[1]
+    assert "<td>3</td><td>chair</td><td>0</td><td>–</td><td>–</td><td>–</td>" in page
     # where the results are, and the commands that use them
     assert f"{run / 'uplift' / 'labelled.ply'}" in page and f"python -m pipeline view {run}" in page
     assert f"python -m pipeline export {run} --out {run / 'export'}" in page

@@ -26,7 +26,8 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_clean(tmp_path_factory) -> Path:
-    cfg = make_config("tiny", seed=0, sim_drop_rate=0.0, sim_confuse_rate=0.0, sim_boundary_px=0.0)
+    cfg = make_config("tiny", seed=0, sim_drop_rate=0.0, sim_confuse_rate=0.0, sim_boundary_px=0.0, sim_split_rate=0.0,
+                      sim_merge_rate=0.0)
     return generate(tmp_path_factory.mktemp("synth") / "clean", cfg)
 
 
@@ -391,7 +392,7 @@ def test_refuses_foreign_folder_and_replaces_previous_scene(tmp_path, capsys):
     synth_command(empty, preset="tiny", num_frames=2, seed=3)  # a previous synthetic scene is replaced
     assert len(list((empty / "color").glob("*.jpg"))) == 2
     # a bad preset name or field can only come from code (the CLI offers tiny/demo): API errors, not InputError
-    with pytest.raises(ValueError, match=r"unknown synthetic preset 'huge'; choose one of \['demo', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown synthetic preset 'huge'; choose one of \['demo', 'hard', 'tiny'\]"):
         synth_command(tmp_path / "x", preset="huge")
     with pytest.raises(TypeError, match=r"unknown SynthConfig field\(s\) \['frames'\]"):
         synth_command(tmp_path / "x", preset="tiny", frames=3)
