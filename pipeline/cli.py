@@ -168,7 +168,9 @@ def eval(scene: Path, pred: Path, json: Optional[Path] = None) -> None:  # noqa:
     Args:
         scene: PanLift scene folder (splits.json, rs_semantics/, rs_instance/).
         pred: Folder with pred_semantics/<stem>.png and pred_surrogateid/<stem>.png for the test frames.
-        json: Also write the full result (per-class numbers included) to this JSON file.
+        json: Also write the full result (per-class numbers included) to this JSON file. An existing file is
+            replaced only when an earlier `eval --json` wrote it (its "written_by" key); a folder or any other
+            file is refused.
     """
     from .metrics import eval_command
 
