@@ -328,3 +328,22 @@ def test_panst3r_run_without_class_embeddings_fails_before_any_work(world, tmp_p
     assert last.startswith("error: no class text embeddings: PanSt3R checkpoints do not store them")
     assert "--segment.text-embeddings FILE" in last and "http" not in last and len(last) < 320
     assert not out.exists()
+
+
+def test_tyro_box_catcher_lets_a_commands_own_output_through():
+    """While tyro parses, its error box is held back; the command's progress lines and messages are not."""
+    import io
+
+    from pipeline.cli import _BoxCatcher, _fold_box
+
+    real = io.StringIO()
+    c = _BoxCatcher(real)
+    c.write("\rsplat:  25%|██▌       | 200/800 [00:10<00:30, 20.0step/s]")
+    c.write("wrote /x/labelled.ply\n")
+    box = ("╭─ Value error ──────────────────────╮\n│ Error parsing --seed: 'abc'       │\n"
+           "│ ────────────────────────────────── │\n│ For full helptext, run:           │\n"
+           "│     python -m pipeline synth --help │\n╰────────────────────────────────────╯")
+    c.write(box)
+    c.write("\n")
+    assert real.getvalue() == "\rsplat:  25%|██▌       | 200/800 [00:10<00:30, 20.0step/s]wrote /x/labelled.ply\n"
+    assert _fold_box("".join(c.box)) == "Error parsing --seed: 'abc'; see `python -m pipeline synth --help`"
