@@ -18,10 +18,10 @@ from PIL import Image
 
 from .common.classes import PANLIFT_CLASSES, THING_IDS
 from .common.io import atomic_path, read_json_if_present, read_png
-from .common.labels import STUFF_ID_OFFSET, colorize, gt_panoptic_ids, overlay, palette, resize_nearest
+from .common.labels import colorize, gt_panoptic_ids, overlay, palette, resize_nearest
 from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 
-__all__ = ["write_report", "error_map", "panoptic_view_ids"]
+__all__ = ["write_report", "error_map", "panoptic_view_ids", "STUFF_COLOUR_BASE"]
 
 _ROWS = (("uplift", "3D uplift (LUDVIG) at test poses"), ("segmenter_on_test", "segmenter directly on test views"),
          ("render_then_segment", "render-then-segment"))
@@ -80,12 +80,18 @@ def _curve_png(history: list[dict]) -> bytes | None:
     return buf.getvalue()
 
 
+# Stuff class c is drawn with the palette colour of id STUFF_COLOUR_BASE + c. The evaluator's own stuff ids
+# (STUFF_ID_OFFSET + c) sit on almost the same hue as thing id c in the palette's golden-ratio walk (thing 1 and
+# the wall looked alike); with this base the nearest thing/stuff pair of equal index is far apart.
+STUFF_COLOUR_BASE = 60423
+
+
 def panoptic_view_ids(sem: np.ndarray, inst: np.ndarray) -> np.ndarray:
-    """[H, W] ids the pictures are coloured by: a thing's instance id, or STUFF_ID_OFFSET + class for stuff (the
+    """[H, W] ids the pictures are coloured by: a thing's instance id, or STUFF_COLOUR_BASE + class for stuff (the
     evaluator collapses stuff to one segment per class). Test overlays, contact sheet and colour key all use it,
     so one object has one colour everywhere in the report."""
     sem, inst = np.asarray(sem, np.int64), np.asarray(inst, np.int64)
-    return np.where(np.isin(sem, list(THING_IDS)), inst, STUFF_ID_OFFSET + sem) * (sem > 0)
+    return np.where(np.isin(sem, list(THING_IDS)), inst, STUFF_COLOUR_BASE + sem) * (sem > 0)
 
 
 def _segment_view_ids(inst_png: Path) -> np.ndarray:
@@ -111,8 +117,9 @@ def _colour_key(doc: "_Doc", shown: list[tuple[np.ndarray, np.ndarray]], legend:
     instances = legend.get("instances") or {}
     rows = []
     for pid, n, col in sorted(zip(ids.tolist(), counts.tolist(), cols.tolist()), key=lambda r: -r[1]):
-        if pid >= STUFF_ID_OFFSET:
-            cls, label, g = pid - STUFF_ID_OFFSET, f"stuff {pid - STUFF_ID_OFFSET}", per_class.get(str(pid - STUFF_ID_OFFSET))
+        if pid >= STUFF_COLOUR_BASE:
+            cls = pid - STUFF_COLOUR_BASE
+            label, g = f"stuff {cls}", per_class.get(str(cls))
         else:
             cls, label = int(np.bincount(sem[pan == pid]).argmax()), f"instance {pid}"
             g = (instances.get(str(pid)) or {}).get("num_gaussians")
@@ -158,7 +165,7 @@ def _instance_table(doc: "_Doc", run: Path) -> None:
             size = " × ".join(f"{v:.2f}" for v in hi - lo)
         else:  # an instance no Gaussian ended up with has no box
             box, size = "–", "–"
-        pid = int(key) if r.get("class_id") in THING_IDS else STUFF_ID_OFFSET + int(r.get("class_id", 0))
+        pid = int(key) if r.get("class_id") in THING_IDS else STUFF_COLOUR_BASE + int(r.get("class_id", 0))
         col = tuple((palette([pid])[0] * 255.0 + 0.5).astype(int).tolist())
         c = conf.get(int(key))
         rows.append((col, [key, r.get("class_name", "?"), f"{r.get('num_gaussians', 0):,}", box, size,

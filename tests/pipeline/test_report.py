@@ -142,10 +142,14 @@ def test_colour_key_instance_table_and_same_colours_everywhere(tmp_path):
     rows = re.findall(r"<td>(instance 1|stuff 1|stuff 2)</td><td>(\w+)</td><td>([\d,]+)</td><td>([^<]+)</td>", page)
     assert rows[:3] == [("stuff 1", "wall", "158", "2"), ("instance 1", "chair", "30", "3"), ("stuff 2", "floor", "4", "–")]
     # the same object has the same colour in the key, in the test overlay and in the contact sheet
-    from pipeline.common.labels import STUFF_ID_OFFSET, palette
+    from pipeline.common.labels import palette
+    from pipeline.report import STUFF_COLOUR_BASE
 
     assert key["instance 1"] == tuple((palette([1])[0] * 255 + 0.5).astype(int))
-    assert key["stuff 1"] == tuple((palette([STUFF_ID_OFFSET + 1])[0] * 255 + 0.5).astype(int))
+    assert key["stuff 1"] == tuple((palette([STUFF_COLOUR_BASE + 1])[0] * 255 + 0.5).astype(int))
+    # thing c and stuff class c (both small numbers in every scene) must not look alike
+    gap = np.linalg.norm(palette(np.arange(1, 21)) - palette(STUFF_COLOUR_BASE + np.arange(1, 21)), axis=1) * 255
+    assert gap.min() > 150
     pred = np.asarray(Image.open(run / "report_assets/0_pred.png").convert("RGB"))  # over the rendered grey 90
     sheet = np.asarray(Image.open(run / "report_assets/seg_1.png").convert("RGB"))  # over the scene's grey 120
     fy, fx = pred.shape[0] / 12, pred.shape[1] / 16
