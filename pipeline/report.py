@@ -18,7 +18,7 @@ from PIL import Image
 
 from .common.classes import PANLIFT_CLASSES, THING_IDS
 from .common.io import atomic_path, read_json_if_present, read_png
-from .common.labels import colorize, gt_panoptic_ids, overlay, palette, resize_nearest
+from .common.labels import colorize, overlay, palette, resize_nearest
 from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 
 __all__ = ["write_report", "error_map", "panoptic_view_ids", "STUFF_COLOUR_BASE"]
@@ -330,8 +330,8 @@ def _test_views(doc: "_Doc", run: Path, cfg: dict, num_views: int):
         if scene is not None and scene.frames.get(s) is not None and scene.frames[s].semantics is not None:
             gs = resize_nearest(scene.load_semantics(s), hw)
             gi = resize_nearest(scene.load_instance(s), hw)
-            gid, _ = gt_panoptic_ids(gs, gi)
-            items.append((f"{s}_gt.png", _png_bytes(overlay(rgb, gid))))
+            # stuff in the prediction's colours; GT thing ids are the dataset's own, so their colours differ
+            items.append((f"{s}_gt.png", _png_bytes(overlay(rgb, panoptic_view_ids(gs, gi)))))
             items.append((f"{s}_error.png", _png_bytes(error_map(sem, inst, gs, gi))))
         doc.images(items)
     if pick:

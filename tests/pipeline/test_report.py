@@ -159,6 +159,8 @@ def test_colour_key_instance_table_and_same_colours_everywhere(tmp_path):
         at_sheet = _unblend(sheet[int((r + 0.5) * sy), int((c + 0.5) * sx)], 120)
         np.testing.assert_allclose(at_pred, key[label], atol=2)
         np.testing.assert_allclose(at_sheet, key[label], atol=2)
+    gt = np.asarray(Image.open(run / "report_assets/0_gt.png").convert("RGB"))  # GT stuff: the prediction's colours
+    np.testing.assert_allclose(_unblend(gt[int(2.5 * fy), int(12.5 * fx)], 90), key["stuff 1"], atol=2)
     # per-instance table: class, Gaussians, box, size, mean label confidence (0.5, 0.7, 0.9 -> 0.70)
     assert ("<td>1</td><td>chair</td><td>3</td><td>(0.00, -1.00, 0.50) – (1.25, 1.00, 2.00)</td>"
             "<td>1.25 × 2.00 × 1.50</td><td>0.70</td>") in page
