@@ -13,6 +13,7 @@ from ..cache import StageContext, scene_geometry_digest, scene_layout_digest
 from ..common.classes import PANLIFT_CLASSES, THING_IDS
 from ..common.io import InputError, read_png, write_json, write_png
 from ..common.labels import resize_nearest
+from ..capture import labels_to_frame
 from .shared import class_names, panlift_prediction, progress
 
 __all__ = ["segment_inputs", "segment_run", "validate_segment_inputs", "load_panst3r", "panst3r_pass",
@@ -62,14 +63,16 @@ def validate_segment_inputs(ctx: StageContext) -> None:
         if sc.vocabulary != "panlift" and not Path(sc.vocabulary).is_file():
             raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
                              "file (one class name a line) or a .pt of names + embeddings (panst3r.text.save_embeddings)")
-    else:  # tyro/YAML already restrict it; kept for programmatic configs
-        raise InputError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
+    elif sc.kind != "none":  # tyro/YAML already restrict it; kept for programmatic configs
+        raise InputError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed, panst3r or none")
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:
     sc = ctx.cfg.segment
     if sc.kind == "panst3r":
         return {"scene": scene_geometry_digest(ctx.scene, ctx.hashes), **panst3r_inputs(ctx)}
+    if sc.kind == "none":
+        return {"scene": scene_layout_digest(ctx.scene)}
     src = _mask_source(ctx)
     stems = ctx.scene.train + ctx.scene.test
     files = [src / d / f"{s}.png" for s in stems for d in ("semantics", "instance")]
@@ -90,15 +93,16 @@ def _load_mask_pair(src: Path, stem: str, frame) -> tuple[np.ndarray, np.ndarray
         raise InputError(f"{ip}: instance map is {inst.shape[1]}x{inst.shape[0]} but {sp.name} is "
                          f"{sem.shape[1]}x{sem.shape[0]}; write both at the same size")
     h, w = sem.shape
-    if abs(w / h - frame.width / frame.height) > 0.01 or w > frame.width or h > frame.height:
-        raise InputError(f"{ip}: masks are {w}x{h} but frame {stem!r} is {frame.width}x{frame.height}; "
+    cap = frame.original or frame  # masks are drawn on the image as captured (before undistortion/downscaling)
+    if abs(w / h - cap.width / cap.height) > 0.01 or w > cap.width or h > cap.height:
+        raise InputError(f"{ip}: masks are {w}x{h} but frame {stem!r} is {cap.width}x{cap.height}; "
                          "write masks at the image size (or a same-aspect downscale)")
     if sem.max(initial=0) >= len(PANLIFT_CLASSES):
         raise InputError(f"{sp}: class id {int(sem.max())} outside the PanLift vocabulary (0..{len(PANLIFT_CLASSES) - 1})")
     if not (inst > 0).any():
         raise InputError(f"{ip}: empty mask (no pixel has an instance id > 0); the segmenter found nothing in "
                          f"frame {stem!r} — drop the frame or fix the masks")
-    return sem.astype(np.uint8), inst.astype(np.uint16)
+    return labels_to_frame(sem, frame).astype(np.uint8), labels_to_frame(inst, frame).astype(np.uint16)
 
 
 def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray]) -> dict[int, int]:
@@ -259,6 +263,11 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
 
 
 def segment_run(ctx: StageContext, out: Path) -> dict:
+    if ctx.cfg.segment.kind == "none":
+        info = {"kind": "none", "simulated": False, "note": "geometry only: no segmenter, no label stages",
+                "train": list(ctx.scene.train), "test": [], "num_instances": 0}
+        write_json(out / "info.json", info)
+        return info
     if ctx.cfg.segment.kind == "panst3r":
         return _run_segment_panst3r(ctx, out)
     return _run_segment_maps(ctx, out)

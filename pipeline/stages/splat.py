@@ -29,7 +29,8 @@ def splat_run(ctx: StageContext, out: Path) -> dict:
     cfg = dataclasses.replace(ctx.cfg.splat.train)
     if hasattr(cfg, "device"):
         cfg = dataclasses.replace(cfg, device=ctx.device)
-    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None,
+    maps = None if ctx.cfg.segment.kind == "none" else _train_instance_maps(ctx)  # none: RGB only
+    result = train(ctx.scene, cfg, instance_maps=maps, out_dir=out, resume=None,
                    **({"kill_hook": lambda: maybe_kill("splat", "middle")} if _accepts(train, "kill_hook") else {}))
     maybe_kill("splat", "middle")
     return _splat_info(result, out)
