@@ -13,8 +13,6 @@ command line. The written `config.yaml` holds the fully resolved values, so load
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +31,11 @@ __all__ = [
     "EvaluateSection",
     "OutputSection",
     "RunConfig",
-    "STAGE_SECTIONS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
     "parse_run_args",
     "write_config",
-    "section_hash",
     "project_version",
     "git_commit",
     "CONFIGS_DIR",
@@ -188,16 +184,6 @@ class RunConfig:
     here, 2 threads on a loaded 2-core box were 2-30x slower than 1 (bench/render.py). Does not change results."""
     output: OutputSection = field(default_factory=OutputSection)
 
-
-# Which config sections each stage's cached result depends on (its manifest's config_hash).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "segment": ("scene", "segment"),
-    "splat": ("scene", "splat", "device"),
-    "uplift": ("uplift", "device"),
-    "render": ("render", "uplift", "device"),  # label rendering uses uplift.fallback/min_weight/chunk
-    "evaluate": ("evaluate",),
-    "render_then_segment": ("render_then_segment", "segment", "device"),
-}
 
 _SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 _SECTION_CLASSES = {
@@ -380,7 +366,7 @@ def parse_run_args(config_path: str | Path | None, rest: list[str], prog: str = 
 
 
 # ------------------------------------------------------------------------------------------------
-# provenance, hashing, writing
+# provenance, writing
 # ------------------------------------------------------------------------------------------------
 
 
@@ -402,15 +388,6 @@ def git_commit() -> str | None:
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def section_hash(cfg: RunConfig, sections: tuple[str, ...], extra: dict | None = None) -> str:
-    """sha256 of the named sections' resolved values (the part of the config a stage's result depends on)."""
-    d = config_to_dict(cfg)
-    payload = {s: d[s] for s in sections}
-    if extra:
-        payload["_extra"] = extra
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_config(cfg: RunConfig, path: str | Path) -> Path:

@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from .common.classes import PANLIFT_CLASSES, is_thing
 from .common.io import InputError, atomic_dir
+from .common.progress import progress_bar
 
 __all__ = [
     "SynthConfig",
@@ -795,13 +796,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
         K4 = np.eye(4)
         K4[:3, :3] = K
         _save_txt(tmp / "intrinsic" / "intrinsic_color.txt", K4)
-        frame_iter = enumerate(stems)
-        if progress:
-            from rich.progress import track
-
-            frame_iter = track(frame_iter, total=len(stems), description=f"synthetic scene ({cfg.preset})",
-                               transient=True)
-        for i, stem in frame_iter:
+        bar = progress_bar(len(stems), f"synthetic scene ({cfg.preset})", unit="view", enabled=progress)
+        for i, stem in enumerate(stems):
             c2w = poses[i]
             view = render_view(world, K, c2w, W, H)
             rgb8 = (view["rgb"] * 255.0 + 0.5).astype(np.uint8)
@@ -842,6 +838,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
                 pc = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1)
                 xyz_all.append(pc @ c2w[:3, :3].T + c2w[:3, 3])
                 rgb_all.append(rgb8[v, u])
+            bar.update(1)
+        bar.close()
         xyz = np.concatenate(xyz_all)[: cfg.num_points] if xyz_all else np.zeros((0, 3))
         rgb = np.concatenate(rgb_all)[: cfg.num_points] if rgb_all else np.zeros((0, 3), np.uint8)
         xyz = xyz + pts_rng.normal(scale=cfg.point_jitter_m, size=xyz.shape)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import StageContext, maybe_kill, scene_geometry_digest, upstream
+from ..cache import StageContext, scene_geometry_digest, upstream
 from ..common.classes import PANLIFT_CLASSES
 from ..common.io import read_png, write_png
 from ..common.labels import resize_nearest
@@ -20,12 +19,14 @@ GEOMETRY_ONLY = "geometry-only run (segment.kind none): no labels"
 
 
 def uplift_inputs(ctx: StageContext) -> dict[str, str]:
+    """The trained Gaussians, the segment maps that vote, and the cameras they are seen through."""
     return {"splat": upstream(ctx, "splat", ("gaussians.ply",)),
             "segment": upstream(ctx, "segment", ("instance", "segments.json")),
             "scene": scene_geometry_digest(ctx.scene, ctx.hashes)}
 
 
 def uplift_run(ctx: StageContext, out: Path) -> dict:
+    """LUDVIG-average the train views' instance ids onto the Gaussians; uplift.npz, labelled.ply, legend.json."""
     from uplift.export import export_labelled
     from uplift.ludvig import instance_classes, uplift
 
@@ -45,8 +46,7 @@ def uplift_run(ctx: StageContext, out: Path) -> dict:
         classes.append(resize_nearest(sem, (H, W)))
     gaussians = load_gaussians(ctx)
     result = uplift(gaussians, cams, maps, ignore_label=uc.ignore_label, chunk_channels=uc.chunk, topk=uc.top_k,
-                    progress=not ctx.quiet and sys.stderr.isatty())
-    maybe_kill("uplift", "middle")
+                    progress=not ctx.quiet)
     result.save(out / "uplift.npz")
     segments = json.loads((seg / "segments.json").read_text())
     id_to_class = instance_classes(maps, classes, segments=segments, ignore_label=uc.ignore_label)
@@ -58,6 +58,7 @@ def uplift_run(ctx: StageContext, out: Path) -> dict:
 
 
 def render_inputs(ctx: StageContext) -> dict[str, str]:
+    """The Gaussians, their uplifted labels and legend, and the poses rendered at."""
     return {"splat": upstream(ctx, "splat", ("gaussians.ply",)),
             "uplift": upstream(ctx, "uplift", ("uplift.npz", "legend.json")),
             "scene": scene_geometry_digest(ctx.scene, ctx.hashes)}
@@ -73,6 +74,7 @@ def _render_stems(ctx: StageContext) -> list[str]:
 
 
 def render_run(ctx: StageContext, out: Path) -> dict:
+    """Prediction PNGs and RGB at the render poses, one view at a time, and the test-view PSNR."""
     from uplift.ludvig import UpliftResult
     from uplift.render import render_panoptic, write_predictions
 
@@ -104,8 +106,6 @@ def render_run(ctx: StageContext, out: Path) -> dict:
                 psnrs.append(psnr)
                 ssims.append(ssim)
             bar.update(1)
-            if s == stems[len(stems) // 2]:
-                maybe_kill("render", "middle")
     if psnrs:
         info["psnr"] = float(np.mean(psnrs))
         info["ssim"] = float(np.mean(ssims))

@@ -13,7 +13,6 @@ from pipeline.config import (
     config_to_dict,
     load_config,
     parse_run_args,
-    section_hash,
     write_config,
 )
 from pipeline.common.io import InputError
@@ -86,13 +85,6 @@ def test_splat_preset_then_yaml_then_cli(tmp_path):
     assert cfg.splat.train == dataclasses.replace(_preset(b), **{field: 123})
     cfg = parse_run_args(p, [f"--splat.train.{field}", "7"])
     assert getattr(cfg.splat.train, field) == 7
-
-
-def test_section_hash_tracks_only_named_sections():
-    cfg = load_config(CONFIGS_DIR / "demo.yaml")
-    changed = dataclasses.replace(cfg, uplift=dataclasses.replace(cfg.uplift, chunk=cfg.uplift.chunk + 1))
-    assert section_hash(cfg, ("segment",)) == section_hash(changed, ("segment",))
-    assert section_hash(cfg, ("uplift",)) != section_hash(changed, ("uplift",))
 
 
 @pytest.mark.parametrize("doc, needle", [
