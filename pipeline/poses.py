@@ -116,6 +116,9 @@ def sfm_cameras(scene: Scene, cache: Path, *, max_image_size: int = 1024, progre
             extraction = pycolmap.FeatureExtractionOptions()
             extraction.max_image_size = int(max_image_size)
             extraction.num_threads = 2
+            # affine-adapted, domain-size-pooled SIFT: on this project's test captures it halved the rotation error
+            extraction.sift.estimate_affine_shape = True
+            extraction.sift.domain_size_pooling = True
             pycolmap.extract_features(db, images, camera_mode=pycolmap.CameraMode.SINGLE, extraction_options=extraction,
                                       device=pycolmap.Device.cpu)
             if len(stems) <= 120:
@@ -123,7 +126,9 @@ def sfm_cameras(scene: Scene, cache: Path, *, max_image_size: int = 1024, progre
             else:  # exhaustive matching grows as n²: neighbours in capture order for long videos
                 pycolmap.match_sequential(db, device=pycolmap.Device.cpu)
             (tmp / "sparse").mkdir()
-            recs = pycolmap.incremental_mapping(db, images, tmp / "sparse")
+            mapping = pycolmap.IncrementalPipelineOptions()
+            mapping.random_seed = 0
+            recs = pycolmap.incremental_mapping(db, images, tmp / "sparse", options=mapping)
             wall = time.perf_counter() - t0
             best = max(recs.values(), key=lambda r: r.num_reg_images(), default=None)
             table = {}
