@@ -368,7 +368,7 @@ def _miou_from_cm(cm: np.ndarray) -> tuple[float, np.ndarray]:
 
 def miou(pred_sem: np.ndarray, gt_sem: np.ndarray, num_classes: int = NUM_CLASSES, *,
          return_per_class: bool = False) -> float | tuple[float, np.ndarray]:
-    """Scene mIoU (PanLift §2.3): one confusion matrix over all pixels, AND-rule non-robust classes -> NaN,
+    """Scene mIoU as PanLift computes it: one confusion matrix over all pixels, AND-rule non-robust classes -> NaN,
     nanmean. Pixels with GT class 0 are ignored. With `return_per_class`, also the [C] per-class IoUs."""
     value, per_class = _miou_from_cm(confusion_matrix(pred_sem, gt_sem, num_classes))
     return (value, per_class) if return_per_class else value

@@ -10,9 +10,8 @@ the gradient of ⟨render(features), target⟩ w.r.t. zero features is Σ_u targ
 one-hot target the gradient *is* the numerator. One backward pass per view and channel block gives
 exact sums with whatever backend `splat.render` uses (torch reference or gsplat): method "grad".
 On the torch backend, method "direct" (the default there) replays the backend's own forward blocks
-and scatters each w_i(u) into cell (i, l(u)): one forward-cost pass per view whatever K is. Measured on
-the trained demo Gaussians (bench/uplift.py, CPU time, noisy shared machine): direct ≈ 1.0x and grad ≈ 2.0x
-the time of rendering the same views forward. Tests pin both to a per-pixel loop.
+and scatters each w_i(u) into cell (i, l(u)): one forward-cost pass per view whatever K is (bench/uplift.py
+compares both with a forward render). Tests pin both to a per-pixel loop.
 
 Choices (documented because they change numbers):
 * Pixels whose label is `ignore_label` (default 0 = void/unlabelled) cast no vote and are not counted in

@@ -1,4 +1,4 @@
-"""The PanSt3R network and its multi-view inference flow (spec §1.1 and §3).
+"""The PanSt3R network and its multi-view inference flow.
 
 Flow of `PanSt3R.infer` for V views and keyframes K (keyframes[0] = reference / world frame):
 1. MUSt3R encoder and DINOv2 on every view (independent per view, cacheable: `encode`).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +62,7 @@ def validate_segment_inputs(ctx: StageContext) -> None:
             raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
                              "file (one class name a line) or a .pt of names + embeddings (panst3r.text.save_embeddings)")
     elif sc.kind != "none":  # tyro/YAML already restrict it; kept for programmatic configs
-        raise InputError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed, panst3r or none")
+        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed, panst3r or none")
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:
@@ -176,39 +175,18 @@ def panst3r_inputs(ctx: StageContext) -> dict[str, str]:
     return out
 
 
-@dataclass
-class _PanSt3R:
-    model: object
-    vocab: object  # panst3r.cli.Vocabulary, semantics ids = PanLift ids
-    size: int  # network long side (the checkpoint's training size)
+def load_panst3r(ctx: StageContext):
+    """The shared `panst3r.segment.load_segmenter` with PanLift semantics ids: what one PanSt3R pass needs."""
+    from panst3r.segment import load_segmenter
+
+    return load_segmenter(ctx.cfg.segment, ctx.device, panlift_ids=True,
+                          how="--segment.text-embeddings FILE (or a SigLIP folder), or --segment.vocabulary FILE.pt "
+                              "(class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
 
 
-def load_panst3r(ctx: StageContext) -> _PanSt3R:
-    """Model, PanLift-id vocabulary with text embeddings, network size: what one PanSt3R pass needs."""
-    import panst3r
-    from panst3r.cli import class_vocabulary
-    from panst3r.segment import checkpoint_image_size
-
-    sc = ctx.cfg.segment
-    vocab = class_vocabulary(sc.vocabulary, sc.text_embeddings or sc.siglip, ctx.device, panlift_ids=True,
-                             how="--segment.text-embeddings FILE, --segment.siglip DIR, or --segment.vocabulary "
-                                 "FILE.pt (class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
-    model = panst3r.load(sc.checkpoint, device=ctx.device)
-    if vocab.embeddings.shape[1] != model.config.text_dim:
-        raise InputError(f"{sc.vocabulary}: text embeddings are {vocab.embeddings.shape[1]} wide but {sc.checkpoint} "
-                         f"expects {model.config.text_dim}; encode the classes with the model's text encoder")
-    return _PanSt3R(model, vocab, checkpoint_image_size(sc.checkpoint))
-
-
-def panst3r_pass(ctx: StageContext, net: _PanSt3R, images: list[Path], out_dir: Path) -> dict[str, dict]:
+def panst3r_pass(ctx: StageContext, net, images: list[Path], out_dir: Path) -> dict[str, dict]:
     """One multi-view PanSt3R pass over `images` into `out_dir` (labels at each image's size); segments.json."""
-    from panst3r.segment import segment_images
-
-    sc = ctx.cfg.segment
-    segment_images(images, net.model, net.vocab.embeddings.to(ctx.device), net.vocab.names, out_dir,
-                   num_keyframes=sc.keyframes or None, merge=_panst3r_merge(sc.merge), seed=0, size=net.size,
-                   progress=not ctx.quiet, class_ids=net.vocab.class_ids,
-                   write_pointmaps=False)
+    net.segment(images, out_dir, progress=not ctx.quiet, write_pointmaps=False)
     return json.loads((out_dir / "segments.json").read_text())
 
 

@@ -15,15 +15,13 @@ __all__ = ["SPLAT_CACHE_EXCLUDE", "splat_inputs", "splat_run"]
 # Fields of the splat config that cannot change the trained Gaussians, so changing them must not retrain:
 # the preset's name (its values are resolved into splat.train), logging / evaluation / checkpoint cadence
 # (history.json, test PSNR entries, intermediate ckpt.pt writes; none touches the optimisation or its random
-# state), the CPU thread count (a speed setting, as the run's own `threads`), and the trainer's device (the
-# stage trains on the run's resolved device, which the "device" section keys).
+# state). Device and threads are run settings, not TrainConfig fields: the stage trains on the run's resolved
+# device, which the "device" section keys.
 SPLAT_CACHE_EXCLUDE: tuple[str, ...] = (
     "splat.preset",
     "splat.train.log_every",
     "splat.train.eval_every",
     "splat.train.checkpoint_every",
-    "splat.train.threads",
-    "splat.train.device",
 )
 
 
@@ -42,9 +40,9 @@ def splat_run(ctx: StageContext, out: Path) -> dict:
     """Train on the run's device; gaussians.ply, ckpt.pt, history.json land in `out`."""
     from splat.train import train
 
-    cfg = dataclasses.replace(ctx.cfg.splat.train, device=ctx.device)
+    cfg = dataclasses.replace(ctx.cfg.splat.train)
     maps = None if ctx.cfg.segment.kind == "none" else _train_instance_maps(ctx)  # none: RGB only
-    result = train(ctx.scene, cfg, instance_maps=maps, out_dir=out, resume=None)
+    result = train(ctx.scene, cfg, instance_maps=maps, out_dir=out, resume=None, device=ctx.device)
     return _splat_info(result)
 
 

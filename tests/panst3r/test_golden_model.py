@@ -1,13 +1,13 @@
 """PanSt3R network parity with the official code's golden vectors (pseudo-random weights, CPU float32).
 
-The golden files live in ../shared/golden/panst3r (or $PANST3R_GOLDEN); see its README for the weight
-recipe, inputs and the §8 tolerances used here. Cost control: the v1 model is built once, v2 reuses its
+The golden files are read from $PANST3R_GOLDEN (default: shared/golden/panst3r beside the checkout), with
+their weight recipe, inputs and tolerances. Cost control: the v1 model is built once, v2 reuses its
 backbone tensors (MUSt3R + DINOv2 keys are identical in both variants), the per-view encoder/DINO tokens are
 computed once and shared by the four (variant, keyframe-set) runs, and each run is done once and checked
 against every stored tensor.
 
 Masked attention thresholds sigmoid(mask) at 0.5, so a mask logit within float noise of 0 can flip a key
-between blocked and visible and move that query's output (README §8: "such a flip propagates"). The runs
+between blocked and visible and move that query's output (such a flip propagates). The runs
 record which queries had an attention-mask logit within FLIP_MARGIN of 0; only those queries (at most
 MAX_FLIPPED) may exceed the per-query tolerances, every other query must be within them.
 """
