@@ -78,7 +78,7 @@ def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
         raise InputError("scene.path is not set; pass --scene.path DIR (a PanLift or nerfstudio scene folder)")
     if from_stage is not None and from_stage not in STAGE_ORDER:
         raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_ORDER)}")
-    scene = load_scene(cfg.scene.path, cfg.scene.format)
+    scene = load_scene(cfg.scene.path, cfg.scene.format, cfg.scene.test_every)
     if not scene.train:
         raise InputError(f"{scene.root}: the split has no train frames")
     device = resolve_device(cfg.device)
@@ -106,6 +106,11 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
         for p in cleanup_stale(run_dir):
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")
+        ctx.scene, capture = _prepare(cfg, scene, run_dir)
+        for note in capture.get("notes", []):
+            console.print(f"[bold]capture[/bold] {note}")
+        _write_if_changed(run_dir / "capture.json", capture)
+        scene = ctx.scene
         console.print(f"run dir {run_dir}  ·  scene {scene.root} ({len(scene.train)} train / {len(scene.test)} test)"
                       f"  ·  segmenter {cfg.segment.kind}{' (SIMULATED)' if cfg.segment.kind == 'simulated' else ''}"
                       f"  ·  device {device}")
@@ -129,6 +134,16 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     outcome = RunOutcome(run_dir, results, metrics, report, time.perf_counter() - t0)
     print_summary(outcome, console)
     return outcome
+
+
+def _prepare(cfg: RunConfig, scene, run_dir: Path):
+    """Cameras, undistortion and downscaling, cached under RUN_DIR/.cache (pipeline.capture)."""
+    from .capture import prepare_scene
+
+    sc = cfg.scene
+    return prepare_scene(scene, poses=sc.poses, downscale=sc.downscale, segment_kind=cfg.segment.kind,
+                         cache_root=run_dir / ".cache", pose_error_deg=sc.sim_pose_error_deg,
+                         depth_noise=sc.sim_depth_noise)
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
@@ -175,6 +190,13 @@ def collect_metrics(run_dir: Path) -> dict:
     # PSNR of the rendered test views against the test images (the render stage's), else the trainer's own
     out["psnr"] = rinfo.get("psnr", sinfo.get("psnr"))
     out["num_gaussians"] = sinfo.get("num_gaussians")
+    if rinfo.get("ssim") is not None:
+        out["ssim"] = rinfo["ssim"]
+    capture = read_json_if_present(run_dir / "capture.json") or {}
+    if capture.get("pose_eval") is not None:
+        out["pose_eval"] = capture["pose_eval"]
+    if capture.get("notes"):
+        out["capture"] = capture["notes"]
     timings, rss = {}, {}
     for name in STAGE_ORDER:
         m = read_json_if_present(run_dir / name / "manifest.json")
