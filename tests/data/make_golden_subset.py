@@ -1,10 +1,11 @@
 """Regenerate tests/data/panst3r_golden/: a few-MB subset of the PanSt3R golden parity vectors.
 
-The full set (~46 MB, outputs of the official PanSt3R code with pseudo-random weights; its README gives the
-weight recipe, the inputs and the tolerances) is not in the repository. This subset is, so that a fresh clone
-and CI check PanSt3R parity too; tests/panst3r/test_golden_*.py use the full set as well when it is present.
+The full set (~46 MB, outputs of the official PanSt3R code with pseudo-random weights, documented in its own
+folder) is not in the repository. This subset is, so that a fresh clone and CI check PanSt3R parity too;
+tests/panst3r/test_golden_*.py use the full set as well when it is present.
 
-    python tests/data/make_golden_subset.py [FULL_SET_DIR]   # default: $PANST3R_GOLDEN or ../shared/golden/panst3r
+    python tests/data/make_golden_subset.py [FULL_SET_DIR]
+    # default FULL_SET_DIR: $PANST3R_GOLDEN, else shared/golden/panst3r beside the checkout
 
 What is kept (every value is copied bit for bit from the full set; nothing is recomputed or re-rounded):
   * the three input views, the state-dict manifests and the weight checksums, whole (gzip for the JSON);

@@ -1,17 +1,18 @@
 """PanSt3R network parity with the official code's golden vectors (pseudo-random weights, CPU float32).
 
 Two golden sets (tests/panst3r/golden_data.py): the vendored subset in tests/data/panst3r_golden, always
-checked (so a fresh clone and CI check parity; regenerate it with tests/data/make_golden_subset.py), and the
-full set, checked as well when present: the folder named by the environment variable PANST3R_GOLDEN, else
-shared/golden/panst3r next to the repository. The full set's README gives the weight recipe, the inputs and
-the §8 tolerances used here; the subset keeps two runs (v1 kf02: keyframe and non-keyframe paths, v2 kf012:
-two-batch keyframe memory) with strided slices of the tensors, compared with the same slices of ours under the
-same tolerances. Cost control: the v1 model is built once, v2 reuses its backbone tensors (MUSt3R + DINOv2
-keys are identical in both variants, so the MUSt3R renders are shared too), the per-view encoder/DINO tokens
-are computed once, and each (variant, keyframe-set) run is done once and checked against every set.
+checked, so a fresh clone and CI check parity (regenerate it with tests/data/make_golden_subset.py); and the
+full set, checked as well when present: the folder named by the environment variable PANST3R_GOLDEN, default
+shared/golden/panst3r beside the checkout, which also documents the weight recipe, the inputs and the
+tolerances used here. The subset keeps two runs (v1 kf02: keyframe and non-keyframe paths; v2 kf012: the
+two-batch keyframe memory) as strided slices, compared with the same slices of ours under the same tolerances.
+
+Cost control: the v1 model is built once, v2 reuses its backbone tensors (MUSt3R + DINOv2 keys are identical
+in both variants, so the MUSt3R renders are shared too), the per-view encoder/DINO tokens are computed once,
+and each (variant, keyframe-set) run is done once and checked against every set that holds it.
 
 Masked attention thresholds sigmoid(mask) at 0.5, so a mask logit within float noise of 0 can flip a key
-between blocked and visible and move that query's output (README §8: "such a flip propagates"). The runs
+between blocked and visible and move that query's output (such a flip propagates). The runs
 record which queries had an attention-mask logit within FLIP_MARGIN of 0; only those queries (at most
 MAX_FLIPPED) may exceed the per-query tolerances, every other query must be within them.
 """
@@ -233,7 +234,7 @@ def test_golden_panoptic(runs, golden, variant, tag):
     _check_rows(f"pred_logits {name}", *_sliced(golden, stem, "pred_logits", out.pred_logits), 1e-4, near)
     _check_rows(f"out_queries {name}", *_sliced(golden, stem, "out_queries", out.out_queries), 5e-3, near)
     masks = torch.stack(out.pred_masks).numpy()  # [V, Q, h, w]
-    # README §8: atol = 1e-3 * max |golden| over the whole file (recorded by the subset maker when sliced)
+    # atol = 1e-3 * max |golden| over the whole file (recorded by the subset maker when it slices)
     atol = 1e-3 * golden.attr(stem, "pred_masks_abs_max", lambda d: max(
         float(np.abs(d["pred_masks_q0_7"]).max()), float(np.abs(d["pred_masks_allq_sub16"]).max())))
     _check_rows(f"pred_masks_q0_7 {name}", *_sliced(golden, stem, "pred_masks_q0_7", masks[:, :8]),
