@@ -137,7 +137,8 @@ def test_scanner_sees_every_import_form(tmp_path, src, want):
 def test_planted_violation_is_reported_with_file_and_line(tmp_path):
     (tmp_path / "splat").mkdir()
     (tmp_path / "splat" / "__init__.py").write_text("from pipeline.common.io import InputError\n")
-    (tmp_path / "splat" / "train.py").write_text("import torch\n\n\ndef f(scene):\n    from pipeline.scene import Scene\n")
+    (tmp_path / "splat" / "train.py").write_text(
+        "import torch\n\n\ndef f(scene):\n    from pipeline.scene import Scene\n")
     (tmp_path / "pipeline" / "common").mkdir(parents=True)
     (tmp_path / "pipeline" / "common" / "io.py").write_text("import splat\n")
     assert violations(tmp_path) == [
