@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from pipeline.common.threads import torch_threads
 from splat.render import Cameras, render
 
 
@@ -127,12 +128,11 @@ def main():
     if torch.cuda.is_available():
         configs += [("torch", "cuda", None), ("gsplat", "cuda", None)]
     for backend, device, threads in configs:
-        if threads is not None:
-            torch.set_num_threads(threads)
         for size in args.sizes:
             w, h = map(int, size.split("x"))
             for n in args.counts:
-                (t_f, c_f), (t_fb, c_fb), info = bench_case(n, w, h, backend, device, args.repeats)
+                with torch_threads(threads or 0):
+                    (t_f, c_f), (t_fb, c_fb), info = bench_case(n, w, h, backend, device, args.repeats)
                 dev = f"{device}×{threads}" if threads else device
                 rows.append((backend, dev, size, n, info["visible"], info["coverage"], t_f, c_f, t_fb, c_fb))
                 print(f"{backend:7s} {dev:6s} {size:8s} {n:6d}  fwd {t_f * 1e3:8.1f} ms  fwd+bwd {t_fb * 1e3:8.1f} ms",

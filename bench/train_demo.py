@@ -4,7 +4,7 @@ pixel agreement, wall time and the number of Gaussians.
 Targets (CPU only): test-view PSNR >= 24 dB within 6 minutes of training wall time, and the rendered panoptic
 colours on the test views nearest to the right palette colour on >= 90 % of the non-void GT pixels.
 
-    .venv/bin/python bench/train_demo.py [--scene runs/bench/demo_scene] [--preset cpu] [--threads 1]
+    .venv/bin/python bench/train_demo.py [--scene runs/bench/demo_scene] [--preset demo] [--threads 1]
 
 The scene is generated with `pipeline.synth` (preset demo: 80 frames at 256x192, every 5th a test view) when
 the folder does not exist yet. The machine's load (os.getloadavg) is printed with the numbers: on a shared
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.common.labels import gt_panoptic_ids, palette
+from pipeline.common.threads import torch_threads
 from pipeline.scene import load_scene
 from splat.render import Cameras, render
 from splat.train import PRESETS, train
@@ -54,8 +55,8 @@ def pan_agreement(gaussians, scene, stems, candidates: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scene", type=Path, default=Path("runs/bench/demo_scene"))
-    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's)")
+    ap.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--iterations", type=int, default=None, help="override the preset's iterations")
     ap.add_argument("--out", type=Path, default=None, help="write ckpt.pt, gaussians.ply, history.json here")
     args = ap.parse_args()
@@ -69,19 +70,20 @@ def main() -> None:
     scene = load_scene(args.scene)
     maps = {s: gt_ids(scene, s) for s in scene.train}
     cfg = PRESETS[args.preset]
-    over = {k: v for k, v in (("threads", args.threads), ("iterations", args.iterations)) if v is not None}
-    cfg = dataclasses.replace(cfg, device="cpu", **over)
+    over = {"iterations": args.iterations} if args.iterations is not None else {}
+    cfg = dataclasses.replace(cfg, **over)
+    if args.threads > 0:  # for training and evaluation alike (2 OpenMP threads stall on a loaded machine)
+        torch.set_num_threads(args.threads)
     W, H = scene.train_frames[0].width, scene.train_frames[0].height
     print(f"scene {args.scene}: {len(scene.train)} train / {len(scene.test)} test views at {W}x{H}; "
-          f"preset {args.preset}: {cfg.iterations} iterations at scale {cfg.scale}, threads {cfg.threads or 'default'}")
+          f"preset {args.preset}: {cfg.iterations} iterations at scale {cfg.scale}, threads {args.threads or 'default'}")
     load0 = os.getloadavg()
     res = train(scene, cfg, instance_maps=maps, out_dir=args.out, resume=False, progress=True)
     load1 = os.getloadavg()
-    if cfg.threads > 0:  # the same thread count as training (2 OpenMP threads stall on a loaded machine)
-        torch.set_num_threads(cfg.threads)
     t_eval = time.perf_counter()
     ids = sorted({int(i) for s in scene.frames for i in np.unique(gt_ids(scene, s))} | {0})
-    agree = pan_agreement(res.gaussians, scene, scene.test, np.asarray(ids))
+    with torch_threads(cfg.threads):  # the thread count training used
+        agree = pan_agreement(res.gaussians, scene, scene.test, np.asarray(ids))
     t_eval = time.perf_counter() - t_eval
     per_it = res.history[-1]["time"] / max(res.steps, 1)
     print(f"test PSNR        {res.test_psnr:.2f} dB (target >= 24)")

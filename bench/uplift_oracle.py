@@ -1,6 +1,6 @@
 """Uplift oracle on the synthetic demo scene: how much PQ does LUDVIG uplifting keep, and does it denoise?
 
-    .venv/bin/python bench/uplift_oracle.py [--work DIR] [--scene DIR] [--gaussians PLY] [--preset cpu]
+    .venv/bin/python bench/uplift_oracle.py [--work DIR] [--scene DIR] [--gaussians PLY] [--preset demo]
 
 1. Gaussians: trained with splat.train (CPU preset; saved to WORK/gaussians.ply and reused next time), or
    the PLY given with --gaussians.
@@ -45,6 +45,7 @@ def _train(scene, out_ply: Path, preset: str, work: Path) -> None:
     sim = Path(scene.root) / "panoptic_consistent" / "instance"
     maps = {s: read_png(sim / f"{s}.png").astype(np.int64) for s in scene.train}
     t0 = time.perf_counter()
+    torch.set_num_threads(1)  # as the pipeline's runs (threads: 1)
     res = train(scene, PRESETS[preset], instance_maps=maps, out_dir=work / "train", progress=False)
     shutil.copyfile(work / "train" / "gaussians.ply", out_ply)
     print(f"trained {res.num_gaussians:,} Gaussians ({res.steps} steps, preset {preset}) in "
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/uplift_oracle"))
     ap.add_argument("--scene", type=Path, default=None, help="default: WORK/demo (generated if missing)")
     ap.add_argument("--gaussians", type=Path, default=None, help="trained PLY; default WORK/gaussians.ply (trained if missing)")
-    ap.add_argument("--preset", default="cpu", help="splat.train preset when training")
+    ap.add_argument("--preset", default="demo", help="splat.train preset when training")
     args = ap.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

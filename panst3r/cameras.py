@@ -1,4 +1,4 @@
-"""Cameras from PanSt3R pointmaps (spec §3 step 11): focal by Weiszfeld, pose by weighted rigid Procrustes.
+"""Cameras from PanSt3R pointmaps: focal by Weiszfeld, pose by weighted rigid Procrustes.
 
 PanSt3R predicts, per view, a pointmap in its own camera frame (`pts3d_local`) and one in the reference
 view's frame (`pts3d`). As in the official demo:

@@ -1,7 +1,7 @@
 """Load official PanSt3R checkpoints without executing pickled code; build models from a config.
 
-An official `.pth` is a torch pickle `{'weights': state_dict, 'args': argparse.Namespace, 'epoch', ...}`
-(spec §2). `load` reads it through `torch.load(pickle_module=<restricted>)`: the unpickler resolves only
+An official `.pth` is a torch pickle `{'weights': state_dict, 'args': argparse.Namespace, 'epoch', ...}`.
+`load` reads it through `torch.load(pickle_module=<restricted>)`: the unpickler resolves only
 tensor-rebuild helpers, plain containers, torch dtypes, and inert stand-ins for `argparse.Namespace` and
 a few data-only types; any other global (e.g. `os.system`) aborts the load before it can be called.
 The architecture is read from the weights' shapes (depths, widths, queries, mask_dim, v1/v2) plus the head
@@ -333,7 +333,7 @@ _N01_KEYS = ("mask_transformer.query_feat.weight", "mask_transformer.query_embed
 
 
 def recipe_tensor(key: str, shape) -> Tensor:
-    """One tensor of the golden recipe (shared/golden/panst3r/README §3), seeded by crc32(key)."""
+    """One tensor of the golden parity vectors' weight recipe, seeded by crc32(key)."""
     g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
     shape = tuple(int(s) for s in shape)
     fan_in = math.prod(shape[1:])

@@ -1,4 +1,4 @@
-"""`python -m pipeline segment`: PanSt3R on a folder of images (arguments as a tyro dataclass).
+"""`python -m pipeline segment`: PanSt3R on a folder of images (arguments: `panst3r.config.SegmentArgs`).
 
 Every bad input is caught before the (slow) model load and reported as one `InputError` line.
 """
@@ -7,49 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 
 from pipeline.common.io import InputError
 
+from .config import SegmentArgs
+
 __all__ = ["SegmentArgs", "segment_command", "list_images", "read_vocabulary", "load_text_embeddings",
            "class_vocabulary", "Vocabulary"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass
-class SegmentArgs:
-    images: Path
-    """Folder of the images to segment jointly (png/jpg; sorted by name; one multi-view pass)."""
-    checkpoint: Path
-    """PanSt3R checkpoint (.pth) of the v1 or v2 model."""
-    out: Path
-    """Output folder (instance/, semantics/, confidence/, preview/, segments.json, cameras.json, ...)."""
-    classes: str = "panlift"
-    """Vocabulary: "panlift" (the 21 PanLift classes, ids as in pipeline.common.classes), a text file (one name a line;
-    ids = index + 1), or a .pt file of names + embeddings written by panst3r.text.save_embeddings."""
-    text_embeddings: Optional[Path] = None
-    """Class text embeddings: an .npy/.npz/.pt file [C, 768] in vocabulary order, or a local SigLIP
-    (google/siglip-base-patch16-224) directory to encode the names with. Default: SigLIP from the HF cache
-    (offline; ~/.cache/panoptic-splat keeps the encoded classes). Checkpoints do not store them."""
-    keyframes: Optional[int] = None
-    """Number of keyframes (None: all views up to 50, as the official demo)."""
-    keyframe_method: Literal["linspace", "fps"] = "linspace"
-    """linspace (official) or fps (farthest-point sampling on encoder descriptors)."""
-    merge: Literal["standard_v2", "standard_v1", "qubo"] = "standard_v2"
-    """Mask merge: standard_v2 (official default), standard_v1 or qubo (seeded annealer)."""
-    seed: int = 0
-    """Seed of the QUBO annealer and of a non-default FPS start."""
-    device: str = "cpu"
-    """Torch device for the network ("cpu", "cuda", "cuda:1")."""
-    size: Optional[int] = None
-    """Network image size (long side); None: the size the checkpoint was trained at (512 for the released ones)."""
-    resize_to_original: bool = True
-    """Write label maps at each original image size (nearest); else at network resolution."""
-    progress: bool = True
-    """Show progress bars."""
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -71,7 +40,7 @@ def read_vocabulary(classes: str) -> list[str]:
         return list(PANLIFT_CLASSES[1:])
     path = Path(classes)
     if not path.is_file():
-        raise InputError(f"{path}: vocabulary file not found; pass --classes panlift or a text file with one "
+        raise InputError(f"{path}: vocabulary file not found; pass --vocabulary panlift or a text file with one "
                          "class name per line")
     names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not names:
@@ -150,23 +119,14 @@ def class_vocabulary(classes: str = "panlift", text_embeddings: Optional[Path] =
 def segment_command(args: SegmentArgs) -> None:
     """Validate the inputs, load the checkpoint, segment the folder, print where the results are."""
     images = list_images(args.images)
+    if args.checkpoint is None:
+        raise InputError("segment needs --checkpoint PATH to a PanSt3R v1/v2 .pth file")
     if not Path(args.checkpoint).is_file():
         raise InputError(f"{args.checkpoint}: PanSt3R checkpoint not found; pass --checkpoint PATH to a "
                          "v1/v2 .pth file")
-    vocab = class_vocabulary(args.classes, args.text_embeddings, args.device,
-                             how="--text-embeddings FILE (.npy/.pt [C, 768]) or a local SigLIP directory")
+    from .segment import load_segmenter
 
-    import panst3r
-
-    from .segment import checkpoint_image_size, segment_images
-
-    model = panst3r.load(args.checkpoint, device=args.device)
-    if vocab.embeddings.shape[1] != model.config.text_dim:
-        raise InputError(f"text embeddings are {vocab.embeddings.shape[1]} wide but {args.checkpoint} expects "
-                         f"{model.config.text_dim}; encode the classes with the model's text encoder (SigLIP-base: 768)")
-    size = args.size if args.size is not None else checkpoint_image_size(args.checkpoint)
-    out = segment_images(images, model, vocab.embeddings, vocab.names, args.out, num_keyframes=args.keyframes,
-                         keyframe_method=args.keyframe_method, merge=args.merge, seed=args.seed, size=size,
-                         progress=args.progress, resize_to_original=args.resize_to_original,
-                         class_ids=vocab.class_ids)
+    segmenter = load_segmenter(args, args.device,
+                               how="--text-embeddings FILE (.npy/.pt [C, 768]) or a local SigLIP directory")
+    out = segmenter.segment(images, args.out, progress=args.progress, resize_to_original=args.resize_to_original)
     print(f"segmented {len(images)} images into {out}")

@@ -1,4 +1,4 @@
-"""Keyframe choice for PanSt3R (spec §3 step 4): which views build the memory and carry the queries.
+"""Keyframe choice for PanSt3R: which views build the memory and carry the queries.
 
 * "linspace" is the official default: `np.linspace(0, V-1, K, dtype=int)`, so view 0 (the reference /
   world frame) always comes first.

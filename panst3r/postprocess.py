@@ -1,6 +1,6 @@
 """PanSt3R mask merging: multi-view query masks -> one consistent panoptic id map per view.
 
-Same semantics as the official merges (spec §4): mask logits go through sigmoid, then bilinear upsampling
+Same semantics as the official merges: mask logits go through sigmoid, then bilinear upsampling
 (align_corners=False) to the network resolution; areas are counted jointly over all views; ties between
 queries go to the lowest index. Unlike the official code, which upsamples every mask of every view at once
 ([Q, V, H, W], ~8 GB for 50 views), everything here streams one view and one chunk of queries at a time:
@@ -20,7 +20,7 @@ from . import qubo as _qubo
 
 __all__ = ["PanopticResult", "panoptic_standard", "panoptic_qubo", "upsample_probs", "STANDARD_DEFAULTS"]
 
-# Official defaults per version (spec §4.1 / §4.3): mask_threshold, overlap_threshold, niters.
+# Official defaults per version: mask_threshold, overlap_threshold, niters.
 STANDARD_DEFAULTS = {"v2": (0.25, 0.5, 2), "v1": (0.5, 0.8, 1)}
 
 _CHUNK_BYTES = 64 << 20  # upper bound for one [chunk, H, W] float32 block of upsampled masks

@@ -1,4 +1,4 @@
-"""Image preprocessing for PanSt3R "512" models, as the official loader does it (spec §1.2).
+"""Image preprocessing for PanSt3R "512" models, as the official loader does it.
 
 1. RGB in [0, 1], then (x - 0.5) / 0.5 -> [-1, 1], at the original resolution.
 2. If the size is one of the allowed 512 sizes, nothing else happens. Otherwise the nearest allowed aspect
@@ -7,7 +7,7 @@
    tensor `Resize` runs). No padding.
 
 Portrait images (H > W): the official path is inconsistent for them (several wrappers assume portrait
-inputs are stored transposed; spec §1.11), and the networks were trained on landscape images only. Our
+inputs are stored transposed), and the networks were trained on landscape images only. Our
 choice (``portrait="rotate"``, the default) is to rotate a portrait image 90 degrees clockwise to landscape,
 run everything in landscape, and let the caller rotate per-pixel outputs back with `to_original_orientation`
 (`ImageInfo.rotated` says when). ``portrait="native"`` keeps the transposed allowed sizes (e.g. 384x512

@@ -1,7 +1,7 @@
 """QUBO mask selection for PanSt3R's "qubo" merge: weights from soft masks and a seeded, fast annealer.
 
 The official merge picks a subset of the 200 query masks by minimising xᵀQx + λ·mean(x) with its own
-simulated annealing (spec §4.2): 10000 single-bit-flip proposals per restart, geometric temperature
+simulated annealing: 10000 single-bit-flip proposals per restart, geometric temperature
 T0=0.5 → T_end=1e-4, 20 restarts, best state seen wins. It recomputes the full O(N²) energy for every
 proposal in a Python loop and draws from the unseeded global RNG.
 
@@ -33,7 +33,7 @@ __all__ = [
     "has_numba",
 ]
 
-# The official annealer's schedule (spec §4.2 / §4.3).
+# The official annealer's schedule.
 DEFAULT_SCHEDULE = {"num_iters": 10000, "num_redo": 20, "t0": 0.5, "t_end": 1e-4}
 
 

@@ -1,6 +1,6 @@
 """Headless PanSt3R segmentation of an image folder: one multi-view pass, consistent ids, files on disk.
 
-The official repository has no headless path (spec §3: its demo only feeds a viser viewer and saves nothing).
+The official repository has no headless path (its demo only feeds a viser viewer and saves nothing).
 `segment_images` runs the same flow — load and crop to the network size, keyframes, `model.infer`, merge,
 cameras — and writes one folder atomically:
 
@@ -35,13 +35,14 @@ from pipeline.common.io import InputError, atomic_dir, write_json, write_png
 from pipeline.common.labels import overlay
 
 from .cameras import recover_cameras
+from .config import SegmenterConfig
 from .keyframes import image_descriptors, select_keyframes
 from .postprocess import PanopticResult, panoptic_qubo, panoptic_standard
 from .preprocess import UnreadableImage, allowed_sizes
 from .preprocess import load_images as _load
 
 __all__ = ["segment_images", "load_images", "LoadedImages", "merge_output", "MERGES",
-           "checkpoint_image_size"]
+           "checkpoint_image_size", "Segmenter", "load_segmenter"]
 
 MERGES = ("standard_v2", "standard_v1", "qubo")
 
@@ -58,7 +59,7 @@ def load_images(paths: Sequence[Path], size: int = 512, patch: int = 16) -> Load
     """`panst3r.preprocess.load_images` in the official demo's portrait mode (transposed sizes, no rotation),
     with the allowed-size table for a model trained at long side `size`; unreadable files -> InputError."""
     if not paths:
-        raise InputError("no images to segment")
+        raise ValueError("no images to segment")
     try:
         images, infos = _load(list(paths), portrait="native", allowed=allowed_sizes(size, patch))
     except UnreadableImage as e:
@@ -95,6 +96,46 @@ def checkpoint_image_size(path: Path, default: int = 512) -> int:
     return default
 
 
+@dataclass
+class Segmenter:
+    """A loaded PanSt3R segmenter: what one multi-view pass needs, read once from a `SegmenterConfig`."""
+
+    model: torch.nn.Module
+    vocab: object  # panst3r.cli.Vocabulary: names, semantics ids, embeddings [C, E]
+    size: int  # network long side
+    config: SegmenterConfig
+    device: str
+
+    def segment(self, images: Sequence[Path], out_dir: Path, *, progress: bool = True,
+                resize_to_original: bool = True, write_pointmaps: bool = True) -> Path:
+        """`segment_images` with the config's keyframes, merge and seed (see the module docstring)."""
+        c = self.config
+        return segment_images(images, self.model, self.vocab.embeddings.to(self.device), self.vocab.names, out_dir,
+                              num_keyframes=c.keyframes or None, keyframe_method=c.keyframe_method, merge=c.merge,
+                              seed=c.seed, size=self.size, progress=progress, resize_to_original=resize_to_original,
+                              class_ids=self.vocab.class_ids, write_pointmaps=write_pointmaps)
+
+
+def load_segmenter(cfg: SegmenterConfig, device: str = "cpu", *, panlift_ids: bool = False,
+                   how: str = "--text-embeddings FILE") -> Segmenter:
+    """Vocabulary (checked before the slow model load), checkpoint, network size: the one loader of both the
+    `segment` command and the pipeline stage. `panlift_ids` and `how` as in `panst3r.cli.class_vocabulary`."""
+    from .checkpoint import load
+    from .cli import class_vocabulary
+
+    if cfg.checkpoint is None:
+        raise ValueError("load_segmenter needs cfg.checkpoint; validate the inputs first")
+    vocab = class_vocabulary(cfg.vocabulary, cfg.text_embeddings, device, panlift_ids=panlift_ids, how=how)
+    model = load(cfg.checkpoint, device=device)
+    if vocab.embeddings.shape[1] != model.config.text_dim:
+        source = cfg.text_embeddings or cfg.vocabulary
+        raise InputError(f"{source}: text embeddings are {vocab.embeddings.shape[1]} wide but {cfg.checkpoint} "
+                         f"expects {model.config.text_dim}; encode the classes with the model's text encoder "
+                         "(SigLIP-base: 768)")
+    size = cfg.size if cfg.size is not None else checkpoint_image_size(cfg.checkpoint)
+    return Segmenter(model, vocab, size, cfg, str(device))
+
+
 def _to_original(label: np.ndarray, hw0: tuple[int, int], crop: tuple[int, int, int, int]) -> np.ndarray:
     """Network-resolution labels -> original image size (nearest); outside the centre crop -> 0."""
     x0, y0, cw, ch = crop
@@ -116,9 +157,9 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
     a vocabulary whose names map onto PanLift classes.
     """
     if merge not in MERGES:
-        raise InputError(f"unknown merge method {merge!r}; use one of {', '.join(MERGES)}")
+        raise ValueError(f"unknown merge method {merge!r}; use one of {', '.join(MERGES)}")
     if text_embeddings.ndim != 2 or text_embeddings.shape[0] != len(class_names):
-        raise InputError(f"text embeddings are {tuple(text_embeddings.shape)} but the vocabulary has "
+        raise ValueError(f"text embeddings are {tuple(text_embeddings.shape)} but the vocabulary has "
                          f"{len(class_names)} classes; give one embedding row per class name")
     if len(class_names) > 254:
         raise InputError(f"{len(class_names)} classes do not fit uint8 semantics maps (max 254); shorten the vocabulary")
@@ -127,7 +168,7 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
         raise ValueError(f"class_ids must give one id in 1..255 per class name ({len(class_names)}), got {ids}")
     paths = [Path(p) for p in image_paths]
     if not paths:
-        raise InputError("no images to segment; pass a folder holding .png/.jpg images")
+        raise ValueError("no images to segment; pass a folder holding .png/.jpg images")
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
@@ -158,7 +199,7 @@ def segment_images(image_paths: Sequence[Path], model, text_embeddings: torch.Te
         raise ValueError("more segments than uint16 ids")
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "panst3r segmentation") as tmp:
         for d in ("instance", "semantics", "confidence", "preview"):
             (tmp / d).mkdir()
         cams = {}

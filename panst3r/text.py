@@ -1,4 +1,4 @@
-"""Class-name text embeddings for the PanSt3R class head (SigLIP-base text tower, spec §1.9).
+"""Class-name text embeddings for the PanSt3R class head (SigLIP-base text tower).
 
 "This is a photo of {}." -> tokenizer (padding to max length, 64) -> `SiglipTextModel.pooler_output` ->
 L2 normalisation, as the official text encoder. The model comes from a local directory or the user's HF
@@ -92,7 +92,7 @@ def encode_classes(class_names: Sequence[str], model: str = DEFAULT_TEXT_MODEL, 
     """
     names = [str(n) for n in class_names]
     if not names:
-        raise InputError("empty class list: give at least one class name")
+        raise ValueError("empty class list: give at least one class name")
     if embeddings is not None:
         return load_embeddings(embeddings, names)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

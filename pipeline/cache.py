@@ -1,24 +1,24 @@
-"""The pipeline's stages and the machinery that makes them cached, atomic and resumable.
+"""The cache engine: what makes the pipeline's stages cached, atomic and resumable.
 
 Every stage writes into its own folder under the run directory through `atomic_dir`, so a folder that exists
 is complete, and finishes by writing `manifest.json`: the sha256 of every input it read (scene files, upstream
-outputs), the hash of the config sections it depends on, timings, peak RSS and the sha256 of each output. A
-stage is skipped when its manifest matches what it would be computed from now; a change upstream changes the
-downstream stages' input hashes, so exactly the affected stages run again. A killed run leaves only a hidden
-temporary folder, removed on the next start, and the stage reruns from scratch (every stage is seeded and
-deterministic), so the final outputs equal those of an uninterrupted run.
+outputs), the hash of the config fields it depends on, timings, peak RSS and the sha256 of each output. A
+stage is skipped when its manifest matches what it would be computed from now (`run_stage`); a change upstream
+changes the downstream stages' input hashes, so exactly the affected stages run again. Keys hold content
+hashes, never paths: a moved scene folder or a copied run directory stays cached. A killed run leaves only a
+hidden temporary folder, removed on the next start, and the stage reruns from scratch (every stage is seeded
+and deterministic), so the final outputs equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -26,14 +26,23 @@ from typing import Callable
 import numpy as np
 
 from .common.io import atomic_dir, write_json
-from .config import STAGE_SECTIONS, RunConfig, section_hash
+from .config import RunConfig, config_to_dict
 from .scene import Scene
 
 __all__ = ["HashCache", "StageContext", "StageResult", "Stage", "run_stage", "cleanup_stale", "read_manifest",
-           "upstream", "digest", "maybe_kill", "scene_geometry_digest", "scene_layout_digest", "scene_gt_digest"]
+           "upstream", "digest", "file_sha256", "config_hash", "scene_geometry_digest", "scene_layout_digest",
+           "scene_gt_digest"]
 
 _VOLATILE = {"manifest.json", "history.json"}  # not hashed: timings vary run to run
-_KILL_ENV = "PIPELINE_TEST_KILL_AT"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (scene images, checkpoints and outputs can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class HashCache:
@@ -48,17 +57,14 @@ class HashCache:
         self.dirty = False
 
     def file(self, p: Path) -> str:
+        """sha256 of `p`'s content; the memo is keyed by resolved path, the returned digest is path-free."""
         p = Path(p)
         st = p.stat()
         key = str(p.resolve())
         hit = self.table.get(key)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        hexd = h.hexdigest()
+        hexd = file_sha256(p)
         self.table[key] = [st.st_size, st.st_mtime_ns, hexd]
         self.dirty = True
         return hexd
@@ -72,12 +78,14 @@ class HashCache:
         return h.hexdigest()
 
     def save(self) -> None:
+        """Write the memo back (only when it changed), so the next run skips rehashing unchanged files."""
         if self.dirty:
             write_json(self.path, self.table)
             self.dirty = False
 
 
 def digest(obj) -> str:
+    """sha256 of a JSON-able object (keys sorted): the one way a stage key is made from plain data."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -97,10 +105,25 @@ def scene_layout_digest(scene: Scene) -> str:
 
 
 def scene_gt_digest(scene: Scene, hashes: HashCache) -> str:
+    """GT label maps (content, names relative to the scene) and the test split: what evaluation reads."""
     paths = [p for f in scene.frames.values() for p in (f.semantics, f.instance) if p is not None]
     return digest({"gt": hashes.files(paths, scene.root) if paths else None, "test": scene.test})
 
 
+def config_hash(cfg: RunConfig, sections: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str:
+    """sha256 of the named config sections' resolved values, minus the dotted fields in `exclude` (fields
+    that cannot change the result, and paths whose content is already hashed among the stage's inputs).
+    An excluded field the config lacks is ignored here (tests check every stage's list against the config)."""
+    d = config_to_dict(cfg)
+    payload = {s: d[s] for s in sections}
+    for dotted in exclude:
+        *parents, leaf = dotted.split(".")
+        node = payload
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return digest(payload)
 
 
 @dataclass
@@ -112,52 +135,52 @@ class StageContext:
     run_dir: Path
     device: str
     hashes: HashCache
-    console: object = None  # rich Console
     quiet: bool = False
 
     def stage_dir(self, name: str) -> Path:
+        """RUN_DIR/<stage>: where a finished stage's outputs live."""
         return self.run_dir / name
 
     def manifest(self, name: str) -> dict | None:
+        """A stage's manifest (None before it has run): upstream digests come from here."""
         return read_manifest(self.stage_dir(name))
 
 
 @dataclass
 class StageResult:
+    """What `run_stage` did for one stage ("ran" or "cached") and the manifest now on disk."""
+
     name: str
     status: str  # "ran" | "cached"
     manifest: dict
     wall_s: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
-    """One step: `inputs(ctx)` names what its result depends on; `run(ctx, out_dir)` writes it."""
+    """One step and everything its cache key is made of: `inputs(ctx)` digests the files and upstream outputs
+    it reads, `sections` names the config sections it depends on (minus the dotted fields in `exclude`);
+    `run(ctx, out_dir)` writes its outputs and returns the manifest's `info`."""
 
     name: str
     inputs: Callable[[StageContext], dict[str, str]]
     run: Callable[[StageContext, Path], dict]
-    sections: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
+    sections: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
+    """A stage folder's manifest.json, or None when it is missing or unreadable (then the stage reruns)."""
     try:
         return json.loads((Path(stage_dir) / "manifest.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError, NotADirectoryError):
         return None
 
 
-def _outputs_of(folder: Path, hashes: HashCache | None = None) -> dict[str, str]:
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name not in _VOLATILE:
-            h = hashlib.sha256()
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            out[str(p.relative_to(folder))] = h.hexdigest()
-    return out
+def _outputs_of(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of a finished stage folder's files (timing-only files left out)."""
+    return {str(p.relative_to(folder)): file_sha256(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in _VOLATILE}
 
 
 def _peak_rss_mb() -> float:
@@ -166,13 +189,6 @@ def _peak_rss_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round(max(own, kids) * scale, 1)
-
-
-def maybe_kill(name: str, where: str) -> None:
-    """Test hook: PIPELINE_TEST_KILL_AT=<stage> dies abruptly (like SIGKILL) halfway through that stage."""
-    if os.environ.get(_KILL_ENV) == name and where == "middle":
-        sys.stdout.flush()
-        os._exit(137)
 
 
 def cleanup_stale(run_dir: Path) -> list[Path]:
@@ -188,9 +204,10 @@ def cleanup_stale(run_dir: Path) -> list[Path]:
 
 
 def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> StageResult:
-    """Skip the stage if its manifest matches, else run it into a temporary folder and rename it into place."""
+    """The stage cache check: skip the stage when its manifest's input digests and config hash equal today's
+    and its outputs are all there; else run it into a temporary folder and rename that into place."""
     inputs = stage.inputs(ctx)
-    cfg_hash = section_hash(ctx.cfg, stage.sections or STAGE_SECTIONS[stage.name], stage.extra)
+    cfg_hash = config_hash(ctx.cfg, stage.sections, stage.exclude)
     dest = ctx.stage_dir(stage.name)
     old = read_manifest(dest)
     if (not force and old is not None and old.get("inputs") == inputs and old.get("config_hash") == cfg_hash
@@ -198,9 +215,8 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> StageResu
         return StageResult(stage.name, "cached", old, 0.0)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, f"stage {stage.name}") as tmp:
         info = stage.run(ctx, tmp) or {}
-        maybe_kill(stage.name, "middle")
         wall = time.perf_counter() - t0
         outputs = _outputs_of(tmp)
         manifest = {

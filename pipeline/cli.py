@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import typing
 from pathlib import Path
 from typing import Literal, Optional
 
 import tyro
 from tyro.conf import Positional
+
+from panst3r.config import SegmentArgs
 
 from .common.io import InputError
 
@@ -50,7 +53,6 @@ def _take_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
 def run_command(args: list[str], quiet: bool = False):
     """`run CONFIG.yaml [--from STAGE] [--section.field value ...]`."""
     from .config import parse_run_args
-    from .run import run_pipeline
 
     from_stage, args = _take_flag(list(args), "--from")
     if not args or args[0] in ("-h", "--help"):
@@ -64,7 +66,9 @@ def run_command(args: list[str], quiet: bool = False):
         raise InputError(f"run needs the config file first, got {config!r}: python -m pipeline run CONFIG.yaml [overrides]")
     if from_stage is not None and from_stage not in STAGE_NAMES:
         raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_NAMES)}")
-    cfg = parse_run_args(config, rest, prog=_RUN_PROG)
+    cfg = parse_run_args(config, rest, prog=_RUN_PROG)  # exits on --help, before torch is imported
+    from .run import run_pipeline
+
     return run_pipeline(cfg, from_stage=from_stage, quiet=quiet)
 
 
@@ -73,17 +77,25 @@ def run_command(args: list[str], quiet: bool = False):
 # ------------------------------------------------------------------------------------------------
 
 
-def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: Optional[int] = None) -> None:
+def synth(out_dir: Positional[Path], preset: Literal["tiny", "demo"] = "demo", seed: Optional[int] = None,
+          num_frames: Optional[int] = None, width: Optional[int] = None, height: Optional[int] = None,
+          num_points: Optional[int] = None) -> None:
     """Generate a synthetic PanLift-layout scene with simulated segmenter outputs (panoptic_consistent/).
 
     Args:
-        out_dir: Folder to write the scene into.
-        preset: tiny (for tests, seconds) or demo (the `make demo` scene).
-        seed: Random seed; the same seed gives the same scene (default: the preset's, tiny 0, demo 5).
+        out_dir: Folder for the scene; refused if it holds anything but a previous synthetic scene.
+        preset: tiny (24 frames at 96x72, for tests) or demo (80 frames at 256x192, the `make demo` scene).
+        seed: Seed for layout, textures, camera and the SIMULATED segmenter noise; the same seed gives the same
+            scene (default: the preset's, tiny 0, demo 5).
+        num_frames: Override the preset's number of frames (every 5th is a test view).
+        width: Override the preset's image width in pixels.
+        height: Override the preset's image height in pixels.
+        num_points: Override the preset's number of points in points3d.ply.
     """
     from . import synth as _synth
 
-    _synth.synth_command(out_dir, preset=preset, seed=seed)
+    sizes = {"num_frames": num_frames, "width": width, "height": height, "num_points": num_points}
+    _synth.synth_command(out_dir, preset=preset, seed=seed, **{k: v for k, v in sizes.items() if v is not None})
 
 
 def eval(scene: Path, pred: Path, json: Optional[Path] = None) -> None:  # noqa: A001 - the subcommand's name
@@ -127,7 +139,9 @@ def demo_command(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] 
     from .config import CONFIGS_DIR, parse_run_args
     from .run import run_pipeline
 
-    scene_dir = Path(out) / "scene"
+    from .common.io import claim_dir
+
+    scene_dir = claim_dir(out, "run") / "scene"  # the run folder is claimed first: the scene lives inside it
     if not (scene_dir / "splits.json").is_file():
         from . import synth as _synth
 
@@ -142,7 +156,7 @@ def demo(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] = "demo"
 
     Args:
         out: Run directory; the scene goes to OUT/scene.
-        preset: Synthetic scene preset (tiny for a seconds-long smoke run).
+        preset: Synthetic scene preset (tiny: a small scene for a smoke run).
     """
     demo_command(out, preset)
 
@@ -197,34 +211,21 @@ def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None,
     table_command(config, data_root, out=out, workers=workers)
 
 
-def _segment_entry():
-    """The PanSt3R segmenter's own CLI (panst3r.cli), if the package provides it."""
+def segment(args: typing.Annotated[SegmentArgs, tyro.conf.arg(name="")]) -> None:
+    """Segment a folder of images with PanSt3R in one multi-view pass (consistent instance ids)."""
     try:
-        from panst3r.cli import SegmentArgs, segment_command
-    except Exception as e:  # not written yet / broken install: keep the other subcommands working
-        reason = f"{type(e).__name__}: {e}"
-
-        def segment(images: Path, checkpoint: Path, out: Path) -> None:
-            """Segment a folder of images with PanSt3R (multi-view consistent panoptic masks)."""
-            raise InputError(f"the PanSt3R segmenter is not available ({reason}); run `python -m pipeline doctor`")
-
-        return segment
-
-    def segment(args: SegmentArgs) -> None:
-        """Segment a folder of images with PanSt3R in one multi-view pass (consistent instance ids)."""
-        segment_command(args)
-
-    import typing
-
-    segment.__annotations__ = {"args": typing.Annotated[SegmentArgs, tyro.conf.arg(name="")], "return": None}
-    return segment
+        from panst3r.cli import segment_command
+    except ImportError as e:  # broken install: the other subcommands keep working
+        raise InputError(f"the PanSt3R segmenter is not available ({type(e).__name__}: {e}); "
+                         "run `python -m pipeline doctor`") from None
+    segment_command(args)
 
 
 def _subcommands() -> dict:
     return {
         "synth": synth,
         "eval": eval,
-        "segment": _segment_entry(),
+        "segment": segment,
         "doctor": doctor,
         "run": run,
         "demo": demo,

@@ -5,7 +5,7 @@ and written back next to the results. Parsing is two-stage: `load_config(CONFIG.
 then `tyro.cli(RunConfig, default=loaded, args=rest)` applies `--section.field value` overrides; tyro turns the
 per-field docstrings into `--help`.
 
-The splat section is a preset name plus overrides of `splat.train.TrainConfig`: the preset is resolved first
+The splat section is a preset name plus overrides of `splat.config.TrainConfig`: the preset is resolved first
 (from the command line if given there, else from the YAML), then the YAML's `splat.train` keys, then the
 command line. The written `config.yaml` holds the fully resolved values, so loading it again gives the same run.
 """
@@ -13,14 +13,16 @@ command line. The written `config.yaml` holds the fully resolved values, so load
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+from panst3r.config import SegmenterConfig
+from splat.config import PRESETS as _PRESETS
+from splat.config import TrainConfig as _TrainConfig
 
 from .common.io import InputError, atomic_path, read_document
 
@@ -33,13 +35,11 @@ __all__ = [
     "EvaluateSection",
     "OutputSection",
     "RunConfig",
-    "STAGE_SECTIONS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
     "parse_run_args",
     "write_config",
-    "section_hash",
     "project_version",
     "git_commit",
     "CONFIGS_DIR",
@@ -48,13 +48,6 @@ __all__ = [
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _splat_defaults():
-    from splat.train import PRESETS, TrainConfig
-
-    return PRESETS, TrainConfig
-
-
-_PRESETS, _TrainConfig = _splat_defaults()
 
 
 @dataclass
@@ -68,8 +61,8 @@ class SceneSection:
 
 
 @dataclass
-class SegmentSection:
-    """Where the multi-view-consistent 2D panoptic masks come from."""
+class SegmentSection(SegmenterConfig):
+    """Where the multi-view-consistent 2D panoptic masks come from (the PanSt3R fields apply to kind panst3r)."""
 
     kind: Literal["simulated", "precomputed", "panst3r"] = "simulated"
     """simulated: the synthetic scene's panoptic_consistent/ maps (GT with synthetic noise, NOT a real model);
@@ -78,20 +71,6 @@ class SegmentSection:
     path: Optional[Path] = None
     """simulated/precomputed: the folder holding semantics/ and instance/ (simulated defaults to
     SCENE/panoptic_consistent)."""
-    checkpoint: Optional[Path] = None
-    """panst3r: checkpoint file (.pth) of the PanSt3R model."""
-    vocabulary: str = "panlift"
-    """panst3r: class vocabulary: "panlift" (PanLift's 21 classes, the default), a text file of class names (mapped to
-    PanLift ids), or a .pt of class names + embeddings written by panst3r.text.save_embeddings."""
-    text_embeddings: Optional[Path] = None
-    """panst3r: precomputed class-name embeddings (.npy/.pt, one row per vocabulary class); skips SigLIP."""
-    siglip: Optional[Path] = None
-    """panst3r: local SigLIP model folder for embedding class names (default: the local Hugging Face cache;
-    nothing is downloaded)."""
-    merge: str = "qubo"
-    """panst3r: mask-merging method (qubo = the paper's QUBO selection; standard = Mask2Former-style)."""
-    keyframes: int = 0
-    """panst3r: number of keyframes for the multi-view pass (0 = the segmenter's default)."""
     include_test: bool = False
     """panst3r: segment train and test images in ONE joint multi-view pass. By default the test images get a
     separate pass (scored as segmenter_on_test), so no test image influences the 3D pipeline."""
@@ -102,7 +81,8 @@ class SplatSection:
     """3D Gaussian splatting with the panoptic-colour regulariser (splat.train)."""
 
     preset: str = "demo"
-    """Named TrainConfig preset from splat.train.PRESETS; the fields under `train` override it."""
+    """Named TrainConfig preset from splat.config.PRESETS (demo, demo_fast, paper, tiny); the fields under `train`
+    override it."""
     train: _TrainConfig = field(default_factory=lambda: _preset_config("demo"))  # type: ignore[valid-type]
     """Training hyper-parameters (resolved: preset + overrides)."""
 
@@ -166,22 +146,12 @@ class RunConfig:
     """Also render RGB at the test poses and run the image segmenter on the renders (the paper's alternative (i));
     auto = when the segmenter can segment images (panst3r), on = required, off = never."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Compute device; auto = CUDA when available."""
+    """Compute device of every stage (segmenter, training, uplifting, rendering); auto = CUDA when available."""
     threads: int = 1
-    """torch CPU threads for the run (0 = torch's default). 1 is the safe choice on small shared machines: measured
-    here, 2 threads on a loaded 2-core box were 2-30x slower than 1 (bench/render.py). Does not change results."""
+    """torch CPU threads for the whole run, training included (0 = torch's default). 1 avoids OpenMP
+    oversubscription on small shared machines (bench/render.py compares thread counts)."""
     output: OutputSection = field(default_factory=OutputSection)
 
-
-# Which config sections each stage's cached result depends on (its manifest's config_hash).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "segment": ("scene", "segment"),
-    "splat": ("scene", "splat", "device"),
-    "uplift": ("uplift", "device"),
-    "render": ("render", "uplift", "device"),  # label rendering uses uplift.fallback/min_weight/chunk
-    "evaluate": ("evaluate",),
-    "render_then_segment": ("render_then_segment", "segment", "device"),
-}
 
 _SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 _SECTION_CLASSES = {
@@ -196,10 +166,8 @@ _SECTION_CLASSES = {
 
 
 def _preset_config(name: str):
-    if name not in _PRESETS:
-        raise InputError(f"unknown splat preset {name!r}; use one of {', '.join(sorted(_PRESETS))}")
-    preset = _PRESETS[name]
-    return dataclasses.replace(preset) if dataclasses.is_dataclass(preset) else _TrainConfig(**preset)
+    """A fresh copy of splat preset `name` (checked against PRESETS by config_from_dict)."""
+    return dataclasses.replace(_PRESETS[name])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,7 +332,7 @@ def parse_run_args(config_path: str | Path | None, rest: list[str], prog: str = 
 
 
 # ------------------------------------------------------------------------------------------------
-# provenance, hashing, writing
+# provenance, writing
 # ------------------------------------------------------------------------------------------------
 
 
@@ -386,15 +354,6 @@ def git_commit() -> str | None:
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def section_hash(cfg: RunConfig, sections: tuple[str, ...], extra: dict | None = None) -> str:
-    """sha256 of the named sections' resolved values (the part of the config a stage's result depends on)."""
-    d = config_to_dict(cfg)
-    payload = {s: d[s] for s in sections}
-    if extra:
-        payload["_extra"] = extra
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def write_config(cfg: RunConfig, path: str | Path) -> Path:

@@ -1,8 +1,7 @@
 """Scene-level Panoptic Quality (PQ^scene) and mIoU exactly as the Panoptic Lifting benchmark computes them.
 
 Every number the project reports goes through this module, so it reproduces the published protocol rule
-for rule (written from the notes in ../shared/reference/panlift-benchmark-and-ludvig.md §2, not from
-upstream code):
+for rule (written from the benchmark's description, not from upstream code):
 
 * every label PNG (GT and prediction) is resized to 512×512 with PIL NEAREST, cast to integers, and pixels
   whose GT class is 0 are dropped; all test frames of a scene are concatenated into one pixel list;
@@ -40,6 +39,9 @@ from .common.classes import NUM_CLASSES, PANLIFT_CLASSES, STUFF_IDS, THING_IDS
 from .common.io import InputError, read_document, write_json
 
 __all__ = [
+    "HEADLINE_KEYS",
+    "HEADLINE_LABELS",
+    "headline",
     "format_pct",
     "ROBUST_FRACTION",
     "IMAGE_DIM",
@@ -58,6 +60,8 @@ __all__ = [
 
 ROBUST_FRACTION = 0.005  # a class below 0.5 % of the scene's valid pixels (strict) is not evaluated
 IMAGE_DIM = (512, 512)  # (W, H) every label PNG is resized to, as in PanLift's evaluate.py
+HEADLINE_KEYS = ("pq", "sq", "rq", "pq_th", "pq_st", "miou")  # the scores every table and summary shows, in order
+HEADLINE_LABELS = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU")  # their column headers
 
 _F32_HALF = np.float32(0.5)
 _F32_ROBUST = np.float32(ROBUST_FRACTION)
@@ -364,7 +368,7 @@ def _miou_from_cm(cm: np.ndarray) -> tuple[float, np.ndarray]:
 
 def miou(pred_sem: np.ndarray, gt_sem: np.ndarray, num_classes: int = NUM_CLASSES, *,
          return_per_class: bool = False) -> float | tuple[float, np.ndarray]:
-    """Scene mIoU (PanLift §2.3): one confusion matrix over all pixels, AND-rule non-robust classes -> NaN,
+    """Scene mIoU as PanLift computes it: one confusion matrix over all pixels, AND-rule non-robust classes -> NaN,
     nanmean. Pixels with GT class 0 are ignored. With `return_per_class`, also the [C] per-class IoUs."""
     value, per_class = _miou_from_cm(confusion_matrix(pred_sem, gt_sem, num_classes))
     return (value, per_class) if return_per_class else value
@@ -495,7 +499,9 @@ def evaluate_scene(scene_dir: Path, pred_dir: Path, *, things: Iterable[int] = T
     }
 
 
-_SUMMARY_KEYS = ("pq", "sq", "rq", "pq_th", "pq_st", "miou")
+def headline(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The HEADLINE_KEYS of an `evaluate_scene` result (None when absent): what manifests and summaries keep."""
+    return {k: result.get(k) for k in HEADLINE_KEYS}
 
 
 def mean_over_scenes(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -510,7 +516,7 @@ def mean_over_scenes(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         return _NAN if v is None else float(v)
 
     out: dict[str, Any] = {"num_scenes": len(results)}
-    for k in _SUMMARY_KEYS:
+    for k in HEADLINE_KEYS:
         vals = [num(r.get(k)) for r in results]
         if k in ("pq_th", "pq_st"):
             vals = [v for v in vals if not math.isnan(v)]

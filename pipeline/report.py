@@ -18,12 +18,11 @@ from PIL import Image
 
 from .common.classes import PANLIFT_CLASSES, THING_IDS
 from .common.io import atomic_path, read_json_if_present, read_png
-from .common.labels import colorize, gt_panoptic_ids, overlay, resize_nearest
-from .metrics import format_pct
+from .common.labels import STUFF_ID_OFFSET, colorize, gt_panoptic_ids, overlay, resize_nearest
+from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 
 __all__ = ["write_report", "error_map"]
 
-_METRIC_KEYS = ("pq", "sq", "rq", "pq_th", "pq_st", "miou")
 _ROWS = (("uplift", "3D uplift (LUDVIG) at test poses"), ("segmenter_on_test", "segmenter directly on test views"),
          ("render_then_segment", "render-then-segment"))
 
@@ -143,9 +142,9 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
     for key, label in _ROWS:
         m = metrics.get(key)
         if isinstance(m, dict) and "pq" in m:
-            rows.append([label] + [format_pct(m.get(k)) for k in _METRIC_KEYS])
+            rows.append([label] + [format_pct(m.get(k)) for k in HEADLINE_KEYS])
     if rows:
-        doc.table(["predictions", "PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU"], rows)
+        doc.table(["predictions", *HEADLINE_LABELS], rows)
     else:
         doc.p("No evaluation in this run (the scene has no GT, or evaluation was off).")
     extra = []
@@ -199,7 +198,7 @@ def write_report(run_dir: str | Path, num_views: int = 4, contact_sheet: int = 1
         rgb_p = rdir / "rgb" / f"{s}.png"
         rgb = read_png(rgb_p)[..., :3] if rgb_p.is_file() else np.zeros(hw + (3,), np.uint8)
         # the evaluator collapses stuff to one segment per class; show the same thing
-        pan = np.where(np.isin(sem, list(THING_IDS)), inst, 60000 + sem)
+        pan = np.where(np.isin(sem, list(THING_IDS)), inst, STUFF_ID_OFFSET + sem)
         items = [(f"{s}_rgb.png", _png_bytes(rgb)), (f"{s}_pred.png", _png_bytes(overlay(rgb, pan)))]
         if scene is not None and scene.frames.get(s) is not None and scene.frames[s].semantics is not None:
             gs = resize_nearest(scene.load_semantics(s), hw)

@@ -16,11 +16,10 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from .config import RunConfig, write_config
-from .common.io import InputError, atomic_dir, read_json_if_present, write_json
-from .metrics import format_pct
+from .common.io import InputError, atomic_dir, claim_dir, read_json_if_present, write_json
+from .common.threads import torch_threads
+from .metrics import HEADLINE_KEYS, HEADLINE_LABELS, format_pct
 from .scene import load_scene
 from .cache import HashCache, StageContext, StageResult, cleanup_stale, run_stage
 from .stages import (
@@ -99,13 +98,11 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     scene, device = _validate(cfg, from_stage)
     run_dir = Path(cfg.output.dir)
     ctx = StageContext(cfg=cfg, scene=scene, run_dir=run_dir, device=device,
-                       hashes=HashCache(run_dir / ".cache" / "hashes.json"), console=console, quiet=quiet)
+                       hashes=HashCache(run_dir / ".cache" / "hashes.json"), quiet=quiet)
     validate_segment_inputs(ctx)
+    claim_dir(run_dir, "run")  # after validation (nothing written on bad input); never someone else's folder
     results: list[StageResult] = []
-    saved_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    with _run_lock(run_dir), _restore_threads(saved_threads):
+    with torch_threads(cfg.threads), _run_lock(run_dir):
         for p in cleanup_stale(run_dir):
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")
@@ -132,14 +129,6 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     outcome = RunOutcome(run_dir, results, metrics, report, time.perf_counter() - t0)
     print_summary(outcome, console)
     return outcome
-
-
-@contextlib.contextmanager
-def _restore_threads(n: int):
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
@@ -233,10 +222,10 @@ def print_summary(outcome: RunOutcome, console) -> None:
     rows = [(k, v) for k, v in rows if isinstance(v, dict) and "pq" in v]
     if rows:
         t = Table(title="scene-level panoptic quality (PanLift protocol, ×100)")
-        for col in ("predictions", "PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU"):
+        for col in ("predictions",) + HEADLINE_LABELS:
             t.add_column(col, justify="left" if col == "predictions" else "right")
         for name, v in rows:
-            t.add_row(name, *(format_pct(v.get(k)) for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou")))
+            t.add_row(name, *(format_pct(v.get(k)) for k in HEADLINE_KEYS))
         console.print(t)
     elif m.get("evaluate_skipped"):
         console.print(f"no evaluation: {m['evaluate_skipped']}")
@@ -268,7 +257,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, per_instance:
     out = Path(out) if out is not None else run_dir / "export"
     result = UpliftResult.load(run_dir / "uplift" / "uplift.npz")
     gaussians, _extra = load_ply(run_dir / "splat" / "gaussians.ply")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "export") as tmp:
         legend = export_labelled(tmp / "labelled.ply", gaussians, result, legend_classes(run_dir / "uplift"),
                                  PANLIFT_CLASSES, per_instance_dir=tmp / "instances" if per_instance else None,
                                  topk=topk)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
-from .common.classes import PANLIFT_CLASSES, THING_IDS
 from .common.io import InputError, read_document, read_png
 
 __all__ = ["Frame", "Scene", "load_scene", "read_panlift", "read_nerfstudio", "SCENE_FORMATS"]
@@ -46,15 +45,13 @@ class Frame:
 
 @dataclass
 class Scene:
-    """A set of frames with a train/test split and the label vocabulary they use."""
+    """A set of frames with a train/test split (labels use the PanLift vocabulary of pipeline.common.classes)."""
 
     root: Path
     format: str
     frames: dict[str, Frame]  # in reading order (sorted by stem)
     train: list[str]
     test: list[str]
-    class_names: tuple[str, ...] = PANLIFT_CLASSES
-    thing_ids: frozenset[int] = THING_IDS
     points: Path | None = None  # optional point cloud (PLY) for initialisation
     meta: dict = field(default_factory=dict)
 

@@ -36,10 +36,10 @@ from scipy import ndimage
 
 from .common.classes import PANLIFT_CLASSES, is_thing
 from .common.io import InputError, atomic_dir
+from .common.progress import progress_bar
 
 __all__ = [
     "SynthConfig",
-    "SynthArgs",
     "PRESETS",
     "GENERATOR",
     "GENERATOR_VERSION",
@@ -113,26 +113,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class SynthArgs:
-    """`python -m pipeline synth`: write a synthetic PanLift-layout scene with SIMULATED segmenter outputs."""
-
-    out_dir: Path
-    """Folder for the scene; refused if it holds anything but a previous synthetic scene."""
-    preset: str = "demo"
-    """`tiny` (24 frames, 96x72, for tests) or `demo` (80 frames, 256x192)."""
-    seed: Optional[int] = None
-    """Seed for layout, textures, camera and the SIMULATED segmenter noise (default: the preset's, tiny 0, demo 5)."""
-
-
 def make_config(preset: str = "demo", seed: Optional[int] = None, **overrides: Any) -> SynthConfig:
     """A preset's config with the seed (None: the preset's own) and any field overrides applied."""
     if preset not in PRESETS:
-        raise InputError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
     names = {f.name for f in dataclasses.fields(SynthConfig)}
     bad = sorted(set(overrides) - names)
     if bad:
-        raise InputError(f"unknown SynthConfig field(s) {bad}; valid fields: {sorted(names)}")
+        raise TypeError(f"unknown SynthConfig field(s) {bad}; valid fields: {sorted(names)}")
     return SynthConfig(**{**PRESETS[preset], **({} if seed is None else {"seed": int(seed)}), **overrides})
 
 
@@ -289,7 +277,7 @@ def build_world(cfg: SynthConfig) -> dict:
 
     lo, hi = cfg.num_objects
     if lo < 2 or hi < lo:
-        raise InputError(f"num_objects={cfg.num_objects}: need 2 <= min <= max (two stuff objects are always placed)")
+        raise ValueError(f"num_objects={cfg.num_objects}: need 2 <= min <= max (two stuff objects are always placed)")
     n_target = int(rng.integers(lo, hi + 1))
     classes = [int(rng.choice([_TABLE, _CABINET])), int(rng.choice([_TABLE, _CABINET]))]
     thing_cls, thing_w = zip(*_THING_WEIGHTS.items())
@@ -788,20 +776,15 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
     m2f_counter = 1
     events_all: dict[str, dict[str, list]] = {}
 
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "synthetic scene") as tmp:
         for sub in ("color", "pose", "intrinsic", "rs_semantics", "rs_instance", "depth", "m2f_semantics",
                     "m2f_instance", f"{SIMULATED_CONSISTENT_DIR}/semantics", f"{SIMULATED_CONSISTENT_DIR}/instance"):
             (tmp / sub).mkdir(parents=True)
         K4 = np.eye(4)
         K4[:3, :3] = K
         _save_txt(tmp / "intrinsic" / "intrinsic_color.txt", K4)
-        frame_iter = enumerate(stems)
-        if progress:
-            from rich.progress import track
-
-            frame_iter = track(frame_iter, total=len(stems), description=f"synthetic scene ({cfg.preset})",
-                               transient=True)
-        for i, stem in frame_iter:
+        bar = progress_bar(len(stems), f"synthetic scene ({cfg.preset})", unit="view", enabled=progress)
+        for i, stem in enumerate(stems):
             c2w = poses[i]
             view = render_view(world, K, c2w, W, H)
             rgb8 = (view["rgb"] * 255.0 + 0.5).astype(np.uint8)
@@ -842,6 +825,8 @@ def generate(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress: bo
                 pc = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], 1)
                 xyz_all.append(pc @ c2w[:3, :3].T + c2w[:3, 3])
                 rgb_all.append(rgb8[v, u])
+            bar.update(1)
+        bar.close()
         xyz = np.concatenate(xyz_all)[: cfg.num_points] if xyz_all else np.zeros((0, 3))
         rgb = np.concatenate(rgb_all)[: cfg.num_points] if rgb_all else np.zeros((0, 3), np.uint8)
         xyz = xyz + pts_rng.normal(scale=cfg.point_jitter_m, size=xyz.shape)
@@ -884,11 +869,9 @@ def _noise_settings(cfg: SynthConfig) -> dict:
             "confuse_rate": cfg.sim_confuse_rate, "boundary_px": cfg.sim_boundary_px}
 
 
-def synth_command(out_dir: str | Path | SynthArgs, preset: str = "demo", seed: Optional[int] = None,
-                  **overrides: Any) -> Path:
-    """Generate a synthetic scene (with SIMULATED segmenter outputs) into OUT_DIR and print the time taken."""
-    if isinstance(out_dir, SynthArgs):
-        out_dir, preset, seed = out_dir.out_dir, out_dir.preset, out_dir.seed
+def synth_command(out_dir: str | Path, preset: str = "demo", seed: Optional[int] = None, **overrides: Any) -> Path:
+    """`python -m pipeline synth`: a preset's scene (with SIMULATED segmenter outputs) into OUT_DIR; prints the
+    time taken. `overrides` are SynthConfig fields."""
     cfg = make_config(preset, seed, **overrides)
     t0 = time.perf_counter()
     path = generate(out_dir, cfg, progress=True)

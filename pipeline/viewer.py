@@ -20,7 +20,6 @@ from .common.labels import palette
 __all__ = ["SplatData", "load_splats", "colors_for", "visible_mask", "covariances", "view_command", "COLOR_MODES"]
 
 COLOR_MODES = ("rgb", "instance", "class")
-_SH_C0 = 0.28209479177387814
 
 
 @dataclass
@@ -36,6 +35,7 @@ class SplatData:
 
 def load_splats(path: str | Path) -> SplatData:
     """Read a 3DGS PLY (standard fields, optional instance_id / class_id appended) via splat.ply."""
+    from splat.gaussians import sh_to_rgb
     from splat.ply import load_ply
 
     g, extra = load_ply(path)
@@ -45,7 +45,7 @@ def load_splats(path: str | Path) -> SplatData:
         quats=g["quats"].numpy(),
         scales=g["scales"].numpy(),
         opacities=g["opacities"].numpy(),
-        rgb=np.clip(g["sh0"][:, 0].numpy() * _SH_C0 + 0.5, 0.0, 1.0),
+        rgb=np.clip(sh_to_rgb(g["sh0"][:, 0]).numpy(), 0.0, 1.0),
         instance=None if inst is None else np.asarray(inst, np.int64).reshape(-1),
         class_id=None if cls is None else np.asarray(cls, np.int64).reshape(-1),
     )

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from pipeline.common.io import InputError
+from pipeline.common.protocols import SplatScene
 
 __all__ = [
     "SH_C0",
@@ -50,6 +49,7 @@ def rgb_to_sh(rgb: Tensor) -> Tensor:
 
 
 def sh_to_rgb(sh: Tensor) -> Tensor:
+    """DC SH coefficient -> colour (`SH_C0·sh + 0.5`, unclamped); tensors or numpy arrays [..., 3]."""
     return sh * SH_C0 + 0.5
 
 
@@ -163,7 +163,7 @@ def _subsample(rng: np.random.Generator, xyz: np.ndarray, rgb: np.ndarray | None
     return xyz[idx], (None if rgb is None else rgb[idx])
 
 
-def _backproject_depth(scene: Any, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+def _backproject_depth(scene: SplatScene, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
     """Points from the train frames' depth maps (+0.5 pixel centres), coloured by their images."""
     frames = [f for f in scene.train_frames if f.depth is not None]
     if not frames:
@@ -193,7 +193,7 @@ def _backproject_depth(scene: Any, n: int, rng: np.random.Generator) -> tuple[np
     return np.concatenate(xyzs).astype(np.float32), np.concatenate(rgbs).astype(np.float32)
 
 
-def points_for_scene(scene: Any, max_points: int = 100_000, seed: int = 0, *, pointmap: np.ndarray | None = None,
+def points_for_scene(scene: SplatScene, max_points: int = 100_000, seed: int = 0, *, pointmap: np.ndarray | None = None,
                      pointmap_colors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Initial points for a scene, best source first: its PLY, then back-projected depth of the train
     frames, then a PanSt3R pointmap passed in ([..., 3], non-finite entries ignored), then random points in a
@@ -202,7 +202,7 @@ def points_for_scene(scene: Any, max_points: int = 100_000, seed: int = 0, *, po
     n = int(max_points)
     if n <= 0:
         raise ValueError(f"max_points must be positive, got {max_points}")
-    if getattr(scene, "points", None) is not None:
+    if scene.points is not None:
         xyz, rgb = read_points_ply(scene.points)
         if len(xyz):
             xyz, rgb = _subsample(rng, xyz, rgb, n)

@@ -22,8 +22,8 @@ hand-written (`_Composite`): it walks the same blocks front to back and gets the
 sums from the forward totals (Σ_{j>i} = Σ_all − Σ_{j<=i}); the forward keeps each block's weights for it
 (≈12 bytes per evaluated pixel-Gaussian pair, up to `_SAVE_BYTES`, beyond which blocks are recomputed).
 Colours are composited with a per-tile bmm, so any channel count costs one matmul per block. Per-op costs
-measured on this CPU drove the layout: K innermost (broadcasts over an inner dim of 8 are 3-4× slower),
-exp2 instead of exp (3×), bmm(colourᵀ, w) rather than bmm(wᵀ, colour) for small D (6×), no masked_fill.
+on a CPU drove the layout: K innermost (broadcasts over a small inner dim are slow), exp2 instead of exp,
+bmm(colourᵀ, w) rather than bmm(wᵀ, colour) for small D, no masked_fill.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _bin(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int
 # ---------------------------------------------------------------------------------------------------------
 # compositing
 # ---------------------------------------------------------------------------------------------------------
-_LOG2E = 1.0 / math.log(2.0)  # α is evaluated with exp2 (about 3× faster than exp on CPU)
+_LOG2E = 1.0 / math.log(2.0)  # α is evaluated with exp2 (cheaper than exp on CPU)
 
 
 def _offsets(tab: Tensor, ids: Tensor, x0: Tensor, y0: Tensor, pix: Tensor):

@@ -17,9 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import rasterize_torch
+from pipeline.common.protocols import PosedFrame
 
-__all__ = ["Cameras", "RenderOutput", "render", "BACKENDS"]
+from . import rasterize_torch
+from .gaussians import sh_to_rgb
+
+__all__ = ["Cameras", "RenderOutput", "render", "sh_colours", "BACKENDS"]
 
 BACKENDS = ("auto", "gsplat", "torch")
 
@@ -68,8 +71,8 @@ class Cameras:
         return Cameras(self.viewmats, S @ self.Ks, w, h)
 
     @classmethod
-    def from_frames(cls, frames: Sequence, scale: float = 1.0) -> "Cameras":
-        """Cameras of `pipeline.scene.Frame`s (K with +0.5 centres, OpenCV c2w); float32, optionally rescaled."""
+    def from_frames(cls, frames: Sequence[PosedFrame], scale: float = 1.0) -> "Cameras":
+        """Cameras of posed frames (K with +0.5 centres, OpenCV c2w); float32, optionally rescaled."""
         frames = list(frames)
         if not frames:
             raise ValueError("Cameras.from_frames needs at least one frame")
@@ -91,16 +94,20 @@ class RenderOutput:
     meta: dict  # gsplat 1.5.3 rasterization meta (unpacked): means2d, radii, depths, width, height, n_cameras, ...
 
 
-def _sh_colours(g: Mapping[str, Tensor], viewmats: Tensor, sh_degree: int | None) -> Tensor:
-    """View-dependent RGB [C, N, 3] from SH as gsplat does (+0.5, clamp_min 0)."""
-    from gsplat.cuda._torch_impl import _spherical_harmonics
-
+def sh_colours(g: Mapping[str, Tensor], viewmats: Tensor, sh_degree: int | None = None) -> Tensor:
+    """View-dependent RGB [C, N, 3] from the first `sh_degree` SH bands (all stored bands when None), as gsplat
+    does (+0.5, clamp_min 0). Degree 0 is the view-independent `sh_to_rgb(sh0)`. viewmats [C, 4, 4]."""
     coeffs = _sh_coeffs(g)  # [N, K, 3]
     deg = _sh_degree(coeffs, sh_degree)
+    C = viewmats.shape[0]
+    if deg == 0:
+        return torch.clamp_min(sh_to_rgb(g["sh0"][:, 0]), 0.0)[None].expand(C, -1, -1)  # [C, N, 3]
+    from gsplat.cuda._torch_impl import _spherical_harmonics
+
+    coeffs = coeffs[:, : (deg + 1) ** 2]  # [N, (deg + 1)², 3]
     campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
     dirs = g["means"][None] - campos[:, None]  # [C, N, 3]
-    C = viewmats.shape[0]
-    sh = _spherical_harmonics(deg, dirs, coeffs[None].expand(C, -1, -1, -1))
+    sh = _spherical_harmonics(deg, dirs, coeffs[None].expand(C, -1, -1, -1))  # [C, N, 3]
     return torch.clamp_min(sh + 0.5, 0.0)
 
 
@@ -149,7 +156,7 @@ def render(gaussians: Mapping[str, Tensor], cameras: Cameras, features: Tensor |
         return _render_gsplat(means, quats, scales, opac, gaussians, features, viewmats, Ks, cameras, sh_degree,
                               background, near_plane, far_plane, eps2d, render_depth)
 
-    colors = features if features is not None else _sh_colours(gaussians, viewmats, sh_degree)
+    colors = features if features is not None else sh_colours(gaussians, viewmats, sh_degree)
     feats, alpha, depth, meta = rasterize_torch.rasterize(
         means, quats, scales, opac, colors, viewmats, Ks, cameras.width, cameras.height, background=background,
         eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, render_depth=render_depth)

@@ -8,154 +8,37 @@ instance-colour maps (each consistent instance id painted with its `pipeline.com
 Both are composited in ONE rasterisation pass (features = [SH colour | pan], 6 channels), so L_pan's gradient
 reaches the geometry (means, scales, opacities, quats) as well as `pan`: instance boundaries shape the splat.
 
-Densification uses gsplat's own strategies (DefaultStrategy / MCMCStrategy) on the single ParameterDict of
-`splat.gaussians`, so every attribute, `pan` included, is split/duplicated/pruned together. On CPU, the two
-CUDA kernels MCMCStrategy calls are swapped for PyTorch equivalents (`_cpu_mcmc_ops`).
-
-Checkpoints (`ckpt.pt`) hold everything the next step depends on (parameters, Adam states, strategy state,
-step, the view-order RNG and torch's RNG, history, config), so a resumed run equals an uninterrupted one.
+The loop is gsplat's: one ParameterDict holding every per-Gaussian attribute (`splat.gaussians`), one Adam per
+attribute, and a densification strategy (`splat.strategy`) called before and after each backward pass.
+`train` = targets (`_prepare_targets`) → state (`_init_or_resume`) → steps (`_step`, `_after_step`) → outputs
+(`_finish`). Checkpoints (`splat.checkpoint`) make a resumed run equal an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.common.io import InputError, atomic_path, write_json
+from pipeline.common.io import InputError, write_json
+from pipeline.common.labels import palette, resize_nearest
+from pipeline.common.progress import progress_bar
+from pipeline.common.protocols import PosedFrame, SplatScene
 
-from .gaussians import PARAM_NAMES, SH_C0, init_gaussians, points_for_scene
-from .render import Cameras, render
+from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, run_key, save_checkpoint
+from .config import PRESETS, TrainConfig
+from .gaussians import PARAM_NAMES, init_gaussians, points_for_scene
+from .render import Cameras, render, sh_colours
+from .strategy import CappedDefaultStrategy, CPUMCMCStrategy, make_strategy
 
 __all__ = ["TrainConfig", "TrainResult", "PRESETS", "train", "evaluate_psnr", "scene_scale", "load_checkpoint",
            "CHECKPOINT_VERSION"]
-
-CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class TrainConfig:
-    """3D Gaussian splatting with the panoptic-colour regulariser (defaults: gsplat simple_trainer's)."""
-
-    iterations: int = 30_000
-    """Optimisation steps (each renders `batch_size` training views)."""
-    batch_size: int = 1
-    """Training views rendered per step; learning rates are scaled by sqrt(batch_size) as gsplat does."""
-    scale: float = 1.0
-    """Training resolution as a fraction of the images' (frames are preloaded at this size)."""
-    eval_scale: float = 1.0
-    """Resolution of the test-view PSNR (evaluation during and after training), as a fraction of the images'."""
-    sh_degree: int = 3
-    """Largest spherical-harmonics degree of the view-dependent colour."""
-    sh_degree_interval: int = 1000
-    """Raise the active SH degree by one every this many steps (0, 1, ... up to sh_degree)."""
-    lr_means: float = 1.6e-4
-    """Initial position learning rate, multiplied by the scene scale (camera-centre radius × 1.1)."""
-    lr_means_final: float = 1.6e-6
-    """Final position learning rate (× scene scale); it decays exponentially from lr_means over the run."""
-    lr_quats: float = 1e-3
-    """Learning rate of the rotations."""
-    lr_scales: float = 5e-3
-    """Learning rate of the log scales."""
-    lr_opacities: float = 5e-2
-    """Learning rate of the opacity logits."""
-    lr_sh0: float = 2.5e-3
-    """Learning rate of the DC SH coefficient."""
-    lr_shN: float = 2.5e-3 / 20
-    """Learning rate of the higher SH bands."""
-    lr_pan: float = 5e-3
-    """Learning rate of the panoptic colours."""
-    ssim_lambda: float = 0.2
-    """Weight of (1 − SSIM) in L_rgb; L1 gets 1 − ssim_lambda (the paper: 0.8·L1 + 0.2·(1 − SSIM))."""
-    lambda_pan: float = 1.0
-    """Weight λ of the panoptic-colour L1 (only used when instance maps are given)."""
-    strategy: Literal["default", "mcmc"] = "default"
-    """Densification: gsplat's DefaultStrategy (3DGS clone/split/prune) or MCMCStrategy (relocate/add)."""
-    refine_start: int = 500
-    """First step at which the strategy densifies."""
-    refine_stop: int = 15_000
-    """Step after which the strategy stops densifying."""
-    refine_every: int = 100
-    """Densify every this many steps."""
-    reset_every: int = 3000
-    """default: opacity-reset period (to 2 × prune_opacity, while densifying; big-Gaussian pruning starts after
-    the first). Done by the trainer: gsplat 1.5.3's DefaultStrategy never resets (operator-precedence bug)."""
-    grow_grad2d: float = 2e-4
-    """default: image-plane gradient threshold for clone/split."""
-    grow_scale3d: float = 0.01
-    """default: Gaussians smaller than this (× scene scale) are cloned, larger ones split."""
-    prune_opacity: float = 0.005
-    """Opacity below which Gaussians are pruned (default) or relocated (mcmc)."""
-    prune_scale3d: float = 0.1
-    """default: Gaussians larger than this (× scene scale) are pruned after the first opacity reset."""
-    max_gaussians: int = 0
-    """Cap on the number of Gaussians (mcmc: its cap_max; default: after each refine the lowest-opacity extras
-    are pruned); 0 = no cap (default) / 1,000,000 (mcmc)."""
-    mcmc_noise_lr: float = 5e5
-    """mcmc: scale of the position noise (× the position learning rate)."""
-    mcmc_opacity_reg: float = 0.01
-    """mcmc: L1 weight on opacities."""
-    mcmc_scale_reg: float = 0.01
-    """mcmc: L1 weight on scales."""
-    init_points: int = 100_000
-    """At most this many initial points (scene PLY > back-projected depth > random in the camera bounds)."""
-    init_opacity: float = 0.1
-    """Initial opacity of every Gaussian."""
-    init_scale: float = 1.0
-    """Initial size = this × mean distance to the 3 nearest initial points."""
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """RGB background behind the Gaussians (the panoptic image's background is always black = void)."""
-    seed: int = 0
-    """Seeds the initial Gaussians, the view order and the strategy's randomness."""
-    eval_every: int = 0
-    """Evaluate test-view PSNR every this many steps (0 = only at the end)."""
-    log_every: int = 10
-    """Append a history entry every this many steps."""
-    checkpoint_every: int = 1000
-    """Write ckpt.pt every this many steps (when out_dir is given; 0 = only at the end)."""
-    backend: Literal["auto", "gsplat", "torch"] = "auto"
-    """Rasteriser backend: auto = gsplat on CUDA, the PyTorch reference on CPU."""
-    threads: int = 0
-    """CPU threads torch uses while training (0 = leave torch's setting). On a shared machine 1 thread avoids
-    OpenMP oversubscription stalls (measured: 2 threads at load 8 ran 30x slower than 1)."""
-    device: str = "cpu"
-    """Device to train on ("cpu", "cuda", "cuda:1", ...); train(device=...) overrides it."""
-
-
-def _preset(**kw) -> TrainConfig:
-    return TrainConfig(**kw)
-
-
-# Presets are data: a full TrainConfig each. "gpu_paper" (= "paper") is 3DGS' 30k-iteration schedule that
-# PanSt3R uses. "cpu" (= "demo") measured with bench/train_demo.py on the synthetic demo scene (64 train views at
-# 256x192), 1 thread, 1-min load ~6 on the 2 shared cores: test PSNR 35.8 dB, panoptic-colour agreement 98.7 %,
-# 293 s, 19k Gaussians. "cpu_fast" (half resolution): 29.1 dB, 96.8 %, 64 s, 15k. "tiny": pipeline smoke tests.
-_CPU = dict(iterations=800, scale=1.0, sh_degree=1, sh_degree_interval=400, lr_means_final=1.6e-5,
-            refine_start=200, refine_stop=600, refine_every=100, reset_every=100_000, max_gaussians=30_000,
-            init_points=20_000, checkpoint_every=200, log_every=10, threads=1)
-_CPU_FAST = dict(iterations=300, scale=0.5, sh_degree=0, sh_degree_interval=1000, lr_means_final=1.6e-5,
-                 refine_start=100, refine_stop=250, refine_every=50, reset_every=100_000, max_gaussians=15_000,
-                 init_points=10_000, checkpoint_every=100, log_every=10, threads=1)
-_TINY = dict(iterations=60, scale=1.0, sh_degree=0, lr_means_final=1.6e-5, refine_start=20, refine_stop=50,
-             refine_every=10, reset_every=100_000, max_gaussians=4000, init_points=2000, checkpoint_every=20,
-             log_every=5, threads=1)
-PRESETS: dict[str, TrainConfig] = {
-    "cpu": _preset(**_CPU),
-    "cpu_fast": _preset(**_CPU_FAST),
-    "gpu_paper": _preset(device="cuda"),
-    # names the pipeline configs use
-    "demo": _preset(**_CPU),
-    "paper": _preset(device="cuda"),
-    "tiny": _preset(**_TINY),
-}
 
 
 @dataclass
@@ -171,62 +54,139 @@ class TrainResult:
     resumed_from: int | None = None  # step of the checkpoint this call continued from
 
 
+def train(scene: SplatScene, cfg: TrainConfig | None = None, *, instance_maps: Mapping[str, np.ndarray] | None = None,
+          out_dir: str | Path | None = None, resume: bool | None = True, progress: bool = True,
+          device: str | torch.device | None = None,
+          init_points: tuple[np.ndarray, np.ndarray | None] | None = None) -> TrainResult:
+    """Fit Gaussians to `scene`'s train views; with `instance_maps` ({stem: [H, W] int ids, 0 = void}) also the
+    panoptic colours (λ·L1). With `out_dir`: ckpt.pt (every checkpoint_every steps and at the end),
+    gaussians.ply and history.json. `resume` (None = True) continues from a matching ckpt.pt in out_dir.
+    `init_points` = (xyz [N, 3], rgb [N, 3] | None) overrides `points_for_scene`. `device` defaults to the CPU;
+    torch's thread count is the caller's to set (the pipeline sets it once per run, `torch_threads`)."""
+    cfg = cfg or TrainConfig()
+    return _train(scene, cfg, instance_maps, out_dir, resume, progress, device, init_points)
+
+
+def _train(scene: SplatScene, cfg: TrainConfig, instance_maps, out_dir, resume, progress, device,
+           init_points) -> TrainResult:
+    t_start = time.perf_counter()
+    dev = torch.device(device if device is not None else "cpu")
+    if cfg.iterations < 0 or cfg.batch_size < 1 or cfg.scale <= 0:
+        raise InputError(f"invalid TrainConfig: iterations={cfg.iterations}, batch_size={cfg.batch_size}, "
+                         f"scale={cfg.scale}; use iterations >= 0, batch_size >= 1, scale > 0")
+    if not list(scene.train):
+        raise InputError(f"{scene.root}: no train frames; list some under \"train\" in splits.json")
+    ckpt_path = Path(out_dir) / "ckpt.pt" if out_dir is not None else None
+    data = _prepare_targets(scene, cfg, instance_maps, dev)
+    run = _init_or_resume(scene, cfg, data, ckpt_path if resume is None or resume else None, init_points, dev)
+    t_loop = time.perf_counter()
+    time_offset = run.history[-1]["time"] if run.history else 0.0
+    with progress_bar(cfg.iterations, "splat", unit="step", enabled=progress, initial=run.step,
+                      log_every_s=30.0) as bar:
+        for step in range(run.step, cfg.iterations):
+            stats = _step(run, data, cfg, step)
+            _after_step(run, stats, data, scene, cfg, time_offset + time.perf_counter() - t_loop, ckpt_path)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.4f}", psnr=f"{stats.psnr:.2f}", n=len(run.params["means"]),
+                            refresh=False)
+    return _finish(run, data, scene, cfg, out_dir, time.perf_counter() - t_start)
+
+
 # -------------------------------------------------------------------------------------------------------------
-# data
+# targets: the training views, preloaded at the training resolution
 # -------------------------------------------------------------------------------------------------------------
 
 
-def scene_scale(frames: Sequence) -> float:
+@dataclass
+class _Targets:
+    stems: list[str]  # the V training views
+    cams: Cameras  # V cameras at the training resolution H × W
+    rgb: Tensor  # [V, H, W, 3] images in [0, 1]
+    pan: Tensor | None  # [V, H, W, 3] palette colours of the instance ids (None: no panoptic term)
+    pan_valid: Tensor | None  # [V, H, W, 1] bool, non-void pixels
+    background: Tensor  # [3] RGB behind the Gaussians
+    scene_scale: float
+    key: dict  # what a checkpoint must match to be resumed
+
+
+def scene_scale(frames: Sequence[PosedFrame]) -> float:
     """1.1 × the largest distance of a camera centre from their mean (gsplat's scene scale); ≥ 1e-2."""
-    c = np.stack([np.asarray(f.c2w, np.float64)[:3, 3] for f in frames])
+    c = np.stack([np.asarray(f.c2w, np.float64)[:3, 3] for f in frames])  # [V, 3]
     return max(float(np.linalg.norm(c - c.mean(0), axis=1).max()) * 1.1, 1e-2)
 
 
-def _resize(img: np.ndarray, w: int, h: int, nearest: bool = False) -> np.ndarray:
+def _resize_rgb(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """[H, W, C] float image box-filtered to [h, w, C] float32 (unchanged when already that size)."""
     if img.shape[1] == w and img.shape[0] == h:
         return img
     from PIL import Image
 
-    if nearest:
-        return np.asarray(Image.fromarray(img.astype(np.int32)).resize((w, h), Image.NEAREST)).astype(img.dtype)
     chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h), Image.BOX))
              for c in range(img.shape[-1])]
     return np.stack(chans, -1).astype(np.float32)
 
 
-def _load_rgb(scene, stems: Sequence[str], cams: Cameras) -> Tensor:
+def _load_rgb(scene: SplatScene, stems: Sequence[str], cams: Cameras) -> Tensor:
     """[V, H, W, 3] float32 images at the cameras' resolution (box-filtered)."""
-    return torch.from_numpy(np.stack([_resize(scene.load_rgb(s), cams.width, cams.height) for s in stems]))
+    return torch.from_numpy(np.stack([_resize_rgb(scene.load_rgb(s), cams.width, cams.height) for s in stems]))
 
 
 def _instance_targets(maps: Mapping[str, np.ndarray], stems: Sequence[str], w: int, h: int) -> tuple[Tensor, Tensor]:
     """Instance maps -> palette colours [V, H, W, 3] and non-void mask [V, H, W, 1] at the training size."""
-    from pipeline.common.labels import palette
-
     missing = [s for s in stems if s not in maps]
     if missing:
         raise InputError(f"instance maps missing for train frames {missing[:5]} ({len(missing)} in all); "
                          "give one [H, W] id map per train frame")
-    ids = np.stack([_resize(np.asarray(maps[s], np.int64), w, h, nearest=True) for s in stems])  # [V, H, W]
+    ids = np.stack([resize_nearest(np.asarray(maps[s], np.int64), (h, w)) for s in stems])  # [V, H, W]
     uniq, inv = np.unique(ids, return_inverse=True)
     cols = palette(uniq)[inv.reshape(ids.shape)]  # [V, H, W, 3]
     return torch.from_numpy(cols.astype(np.float32)), torch.from_numpy(ids > 0)[..., None]
 
 
+def _prepare_targets(scene: SplatScene, cfg: TrainConfig, instance_maps: Mapping[str, np.ndarray] | None,
+                     dev: torch.device) -> _Targets:
+    stems = list(scene.train)
+    frames = list(scene.train_frames)
+    cams = Cameras.from_frames(frames, scale=cfg.scale)
+    rgb = _load_rgb(scene, stems, cams).to(dev)  # [V, H, W, 3]
+    pan = pan_valid = None
+    if instance_maps is not None:
+        pan, pan_valid = _instance_targets(instance_maps, stems, cams.width, cams.height)
+        pan, pan_valid = pan.to(dev), pan_valid.to(dev)  # [V, H, W, 3], [V, H, W, 1]
+    background = torch.tensor(list(cfg.background), dtype=torch.float32, device=dev)  # [3]
+    if len(background) != 3:
+        raise InputError(f"TrainConfig.background must have 3 values, got {cfg.background}")
+    return _Targets(stems, cams.to(dev), rgb, pan, pan_valid, background, scene_scale(frames),
+                    run_key(cfg, stems, instance_maps is not None))
+
+
 # -------------------------------------------------------------------------------------------------------------
-# parameters, optimisers, strategy
+# state: fresh or from a checkpoint
 # -------------------------------------------------------------------------------------------------------------
 
 
-def _lrs(cfg: TrainConfig, sscale: float) -> dict[str, float]:
-    return {"means": cfg.lr_means * sscale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
-            "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "pan": cfg.lr_pan}
+@dataclass
+class _Run:
+    """Everything the next step depends on (what a checkpoint stores)."""
+
+    params: torch.nn.ParameterDict  # every per-Gaussian attribute, [N, ...] each (splat.gaussians)
+    optimizers: dict[str, torch.optim.Adam]  # one per attribute
+    strategy: CappedDefaultStrategy | CPUMCMCStrategy
+    strategy_state: dict[str, Any]
+    rng: np.random.Generator  # the view order's generator
+    order: list[int]  # the rest of the current epoch's view order (popped from the end)
+    history: list[dict]
+    step: int  # steps done
+    init_source: str
+    resumed_from: int | None
 
 
 def _make_optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, sscale: float) -> dict[str, torch.optim.Adam]:
-    """One Adam per attribute (gsplat's strategies need exactly one param group per parameter)."""
+    """One Adam per attribute (gsplat's strategies need exactly one param group per parameter); learning rates
+    × sqrt(batch_size) and betas/eps adjusted for the batch as gsplat does."""
     B = cfg.batch_size
-    lrs = _lrs(cfg, sscale)
+    lrs = {"means": cfg.lr_means * sscale, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
+           "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN, "pan": cfg.lr_pan}
     return {k: torch.optim.Adam([{"params": params[k], "lr": lrs[k] * math.sqrt(B), "name": k}],
                                 eps=1e-15 / math.sqrt(B), betas=(1 - B * (1 - 0.9), 1 - B * (1 - 0.999)))
             for k in params}
@@ -239,78 +199,154 @@ def _means_lr(cfg: TrainConfig, sscale: float, step: int) -> float:
     return lr * sscale * math.sqrt(cfg.batch_size)
 
 
-def _make_strategy(cfg: TrainConfig):
-    from gsplat.strategy import DefaultStrategy, MCMCStrategy
-
-    if cfg.strategy == "mcmc":
-        return MCMCStrategy(cap_max=cfg.max_gaussians or 1_000_000, noise_lr=cfg.mcmc_noise_lr,
-                            refine_start_iter=cfg.refine_start, refine_stop_iter=cfg.refine_stop,
-                            refine_every=cfg.refine_every, min_opacity=cfg.prune_opacity)
-    if cfg.strategy != "default":
-        raise InputError(f"unknown strategy {cfg.strategy!r}; use default or mcmc")
-    return DefaultStrategy(prune_opa=cfg.prune_opacity, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
-                           prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start,
-                           refine_stop_iter=cfg.refine_stop, reset_every=cfg.reset_every,
-                           refine_every=cfg.refine_every)
-
-
-def _mcmc_relocation_torch(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor):
-    """3DGS-MCMC (Kheradmand et al. 2024, Eq. 9) in PyTorch: a Gaussian cloned into n copies gets
-    o' = 1 − (1 − o)^(1/n) and s' = o / (Σ_{i=1..n} Σ_{k=0..i−1} C(i−1, k)(−1)^k o'^(k+1)/√(k+1)) · s."""
-    n_max = binoms.shape[0]
-    n = ratios.clamp(1, n_max).long()  # [N]
-    new_o = 1.0 - torch.pow(1.0 - opacities, 1.0 / n.to(opacities.dtype))  # [N]
-    i = torch.arange(1, n_max + 1, device=opacities.device)  # [I]
-    k = torch.arange(n_max, device=opacities.device)  # [K]
-    sign = torch.where(k % 2 == 0, 1.0, -1.0).to(opacities.dtype)
-    coef = binoms[(i - 1)[:, None].clamp(max=n_max - 1), k[None, :]].to(opacities.dtype)  # [I, K] C(i-1, k)
-    coef = coef * (k[None, :] <= (i - 1)[:, None]) * sign / torch.sqrt(k + 1.0).to(opacities.dtype)
-    powers = new_o[:, None] ** (k + 1).to(opacities.dtype)[None, :]  # [N, K]
-    per_i = powers @ coef.T  # [N, I]
-    denom = (per_i * (i[None, :] <= n[:, None])).sum(1)  # [N]
-    new_s = (opacities / denom)[:, None] * scales
-    return new_o, new_s
-
-
-@contextlib.contextmanager
-def _cpu_mcmc_ops(device: torch.device):
-    """gsplat 1.5.3's MCMC ops call two CUDA kernels; on CPU use PyTorch equivalents for the duration."""
-    if device.type == "cuda":
-        yield
-        return
-    import gsplat.strategy.ops as ops
-    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
-
-    saved = ops.compute_relocation, ops.quat_scale_to_covar_preci
-    ops.compute_relocation = _mcmc_relocation_torch
-    ops.quat_scale_to_covar_preci = _quat_scale_to_covar_preci
-    try:
-        yield
-    finally:
-        ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
+def _init_or_resume(scene: SplatScene, cfg: TrainConfig, data: _Targets, ckpt_path: Path | None,
+                    init_points: tuple[np.ndarray, np.ndarray | None] | None, dev: torch.device) -> _Run:
+    """Resume from `ckpt_path` when it holds a checkpoint of this run (same key); else fresh Gaussians."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    strategy, sstate = make_strategy(cfg, data.scene_scale)
+    ck = load_checkpoint(ckpt_path) if ckpt_path is not None and ckpt_path.is_file() else None
+    if ck is not None and ck["key"] != data.key:
+        ck = None  # another config, split or label set: train from scratch
+    if ck is None:
+        if init_points is not None:
+            (xyz, rgb), source = init_points, "given"
+        else:
+            xyz, rgb, source = points_for_scene(scene, cfg.init_points, cfg.seed)
+        params = init_gaussians(xyz, rgb, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
+                                init_scale=cfg.init_scale, seed=cfg.seed).to(dev)
+        run = _Run(params, _make_optimizers(params, cfg, data.scene_scale), strategy, sstate, rng, [], [], 0,
+                   source, None)
+    else:
+        params = torch.nn.ParameterDict({k: torch.nn.Parameter(ck["params"][k].to(dev)) for k in PARAM_NAMES})
+        optimizers = _make_optimizers(params, cfg, data.scene_scale)
+        for k, o in optimizers.items():
+            o.load_state_dict(ck["optimizers"][k])
+        sstate = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in ck["strategy_state"].items()}
+        torch.set_rng_state(ck["torch_rng"])
+        if ck["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
+        rng.bit_generator.state = ck["np_rng"]
+        run = _Run(params, optimizers, strategy, sstate, rng, list(ck.get("order", [])), list(ck["history"]),
+                   int(ck["step"]), ck["init_source"], int(ck["step"]))
+    strategy.check_sanity(run.params, run.optimizers)
+    return run
 
 
-def _reset_opacities(params, optimizers, state, value: float) -> None:
-    """3DGS' periodic opacity reset. gsplat 1.5.3's DefaultStrategy means to do it but never does: its test
-    `step % reset_every == 0 & step > 0` parses as `step % reset_every == (0 & step) > 0`, always False."""
-    from gsplat.strategy.ops import reset_opa
-
-    reset_opa(params=params, optimizers=optimizers, state=state, value=value)
+def _save(run: _Run, data: _Targets, path: Path, step: int) -> None:
+    save_checkpoint(path, step=step, params=run.params, optimizers=run.optimizers,
+                    strategy_state=run.strategy_state, rng=run.rng, order=run.order, history=run.history,
+                    key=data.key, sscale=data.scene_scale, init_source=run.init_source)
 
 
-@torch.no_grad()
-def _cap_gaussians(params, optimizers, state, cap: int) -> int:
-    """Prune the lowest-opacity Gaussians beyond `cap` (DefaultStrategy has no cap of its own)."""
-    from gsplat.strategy.ops import remove
+# -------------------------------------------------------------------------------------------------------------
+# one step
+# -------------------------------------------------------------------------------------------------------------
 
-    n = len(params["means"])
-    if cap <= 0 or n <= cap:
-        return 0
-    order = torch.argsort(params["opacities"].detach(), stable=True)
-    mask = torch.zeros(n, dtype=torch.bool, device=params["means"].device)
-    mask[order[: n - cap]] = True
-    remove(params=params, optimizers=optimizers, state=state, mask=mask)
-    return n - cap
+
+@dataclass
+class _StepStats:
+    loss: float
+    l_rgb: float
+    l_pan: float
+    psnr: float  # of this step's training views (render clamped to [0, 1])
+    degree: int  # active SH degree
+
+
+def _next_views(run: _Run, num_views: int, batch: int) -> list[int]:
+    """`batch` view indices: a fresh permutation per epoch, drawn from the checkpointed generator."""
+    idx = []
+    for _ in range(batch):
+        if not run.order:
+            run.order = run.rng.permutation(num_views).tolist()
+        idx.append(run.order.pop())
+    return idx
+
+
+def _sh_degree(cfg: TrainConfig, step: int) -> int:
+    """Active SH degree at `step`: one more band every sh_degree_interval steps, up to sh_degree."""
+    return min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
+
+
+def _step(run: _Run, data: _Targets, cfg: TrainConfig, step: int) -> _StepStats:
+    """Render a batch of training views, take one Adam step on L, let the strategy densify."""
+    params, optimizers, strategy = run.params, run.optimizers, run.strategy
+    idx = _next_views(run, len(data.stems), cfg.batch_size)
+    lr_m = _means_lr(cfg, data.scene_scale, step)
+    optimizers["means"].param_groups[0]["lr"] = lr_m
+    degree = _sh_degree(cfg, step)
+    with_pan = data.pan is not None
+    # feats [B, H, W, 3 (+3 pan)]
+    feats, meta = _render_views(params, data.cams[idx], degree, data.background, with_pan, cfg.backend)
+    strategy.step_pre_backward(params, optimizers, run.strategy_state, step, meta)
+    l_rgb, mse = _rgb_loss(feats[..., :3], data.rgb[idx], cfg.ssim_lambda)  # scalars
+    loss = l_rgb
+    l_pan = torch.zeros((), device=l_rgb.device)
+    if with_pan:
+        l_pan = _pan_loss(feats[..., 3:6], data.pan[idx], data.pan_valid[idx])
+        loss = loss + cfg.lambda_pan * l_pan
+    loss = strategy.regularised(loss, params)
+    loss.backward()
+    for o in optimizers.values():
+        o.step()
+        o.zero_grad(set_to_none=True)
+    strategy.step_post_backward(params, optimizers, run.strategy_state, step, meta, lr=lr_m)
+    return _StepStats(float(loss.detach()), float(l_rgb.detach()), float(l_pan.detach()),
+                      -10.0 * math.log10(max(float(mse), 1e-12)), degree)
+
+
+def _after_step(run: _Run, stats: _StepStats, data: _Targets, scene: SplatScene, cfg: TrainConfig, elapsed: float,
+                ckpt_path: Path | None) -> None:
+    """Count the step; every log_every steps a history entry (with test PSNR every eval_every); checkpoint."""
+    run.step += 1
+    done = run.step
+    if done % max(cfg.log_every, 1) == 0 or done == cfg.iterations:
+        entry = {"step": done, "loss": stats.loss, "l_rgb": stats.l_rgb, "l_pan": stats.l_pan, "psnr": stats.psnr,
+                 "num_gaussians": len(run.params["means"]), "time": elapsed}
+        if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done != cfg.iterations and scene.test:
+            entry["test_psnr"] = evaluate_psnr(run.params, scene, scene.test, cfg.eval_scale,
+                                               background=cfg.background, sh_degree=stats.degree,
+                                               backend=cfg.backend)[0]
+        run.history.append(entry)
+    if ckpt_path is not None and cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 \
+            and done != cfg.iterations:
+        _save(run, data, ckpt_path, done)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# outputs
+# -------------------------------------------------------------------------------------------------------------
+
+
+def _finish(run: _Run, data: _Targets, scene: SplatScene, cfg: TrainConfig, out_dir: str | Path | None,
+            elapsed: float) -> TrainResult:
+    """Test-view PSNR; with out_dir the final checkpoint, gaussians.ply, history.json and train_summary.json."""
+    final_degree = _sh_degree(cfg, max(cfg.iterations - 1, 0))
+    mean_psnr, per_view = evaluate_psnr(run.params, scene, scene.test, cfg.eval_scale, background=cfg.background,
+                                        sh_degree=final_degree, backend=cfg.backend)
+    n = len(run.params["means"])
+    if out_dir is not None:
+        from .ply import save_ply
+
+        out_dir = Path(out_dir)
+        _save(run, data, out_dir / "ckpt.pt", cfg.iterations)
+        save_ply(out_dir / "gaussians.ply", _exported(run.params, final_degree))
+        write_json(out_dir / "history.json", run.history)
+        write_json(out_dir / "train_summary.json", {
+            "steps": cfg.iterations, "num_gaussians": n, "test_psnr": mean_psnr, "test_psnr_per_view": per_view,
+            "init_source": run.init_source, "scene_scale": data.scene_scale, "sh_degree": final_degree,
+            "panoptic_regulariser": data.pan is not None, "resumed_from": run.resumed_from})
+    return TrainResult(gaussians=run.params, history=run.history, test_psnr=mean_psnr, test_psnr_per_view=per_view,
+                       wall_time=elapsed, steps=cfg.iterations, num_gaussians=n, init_source=run.init_source,
+                       resumed_from=run.resumed_from)
+
+
+def _exported(params: Mapping[str, Tensor], degree: int) -> dict[str, Tensor]:
+    """The Gaussians as rendered at the end: SH bands above the active degree (never trained) are dropped, so
+    renderers that use all stored bands show what the trainer optimised."""
+    out = {k: v.detach().cpu() for k, v in params.items()}
+    out["shN"] = out["shN"][:, : (degree + 1) ** 2 - 1]  # [N, (degree + 1)² − 1, 3]
+    return out
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -318,25 +354,10 @@ def _cap_gaussians(params, optimizers, state, cap: int) -> int:
 # -------------------------------------------------------------------------------------------------------------
 
 
-def _sh_rgb(params: Mapping[str, Tensor], viewmats: Tensor, degree: int) -> Tensor:
-    """View-dependent colour [C, N, 3] from the first `degree` SH bands (+0.5, clamped at 0, as gsplat)."""
-    C = viewmats.shape[0]
-    if degree == 0:
-        rgb = params["sh0"][:, 0] * SH_C0 + 0.5  # [N, 3]
-        return torch.clamp_min(rgb, 0.0)[None].expand(C, -1, -1)
-    from gsplat.cuda._torch_impl import _spherical_harmonics
-
-    nb = (degree + 1) ** 2
-    coeffs = torch.cat([params["sh0"], params["shN"][:, : nb - 1]], 1)  # [N, nb, 3]
-    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
-    dirs = params["means"][None] - campos[:, None]  # [C, N, 3]
-    return torch.clamp_min(_spherical_harmonics(degree, dirs, coeffs[None].expand(C, -1, -1, -1)) + 0.5, 0.0)
-
-
 def _render_views(params, cams: Cameras, degree: int, background: Tensor, with_pan: bool, backend: str):
     """One pass: features [C, H, W, 3 (+3 pan)], meta. Same geometry for RGB and panoptic colours."""
     viewmats = cams.viewmats.to(params["means"].device)
-    colors = _sh_rgb(params, viewmats, degree)  # [C, N, 3]
+    colors = sh_colours(params, viewmats, degree)  # [C, N, 3]
     bg = background
     if with_pan:
         pan = params["pan"][None].expand(colors.shape[0], -1, -1)  # [C, N, 3]
@@ -367,7 +388,7 @@ def _pan_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_psnr(gaussians: Mapping[str, Tensor], scene, stems: Sequence[str], scale: float = 1.0, *,
+def evaluate_psnr(gaussians: Mapping[str, Tensor], scene: SplatScene, stems: Sequence[str], scale: float = 1.0, *,
                   background: Sequence[float] = (0.0, 0.0, 0.0), sh_degree: int | None = None,
                   backend: str = "auto") -> tuple[float | None, dict[str, float]]:
     """PSNR = −10·log10(MSE) over all pixels and channels (render clamped to [0, 1]) per view, and their mean
@@ -387,257 +408,3 @@ def evaluate_psnr(gaussians: Mapping[str, Tensor], scene, stems: Sequence[str], 
         mse = float(((img.clamp(0, 1) - gt) ** 2).mean())
         out[s] = -10.0 * math.log10(max(mse, 1e-12))
     return float(np.mean(list(out.values()))), out
-
-
-# -------------------------------------------------------------------------------------------------------------
-# checkpoints
-# -------------------------------------------------------------------------------------------------------------
-
-
-def _config_dict(cfg: TrainConfig) -> dict:
-    d = dataclasses.asdict(cfg)
-    d["background"] = list(d["background"])
-    return d
-
-
-def _run_key(cfg: TrainConfig, stems: Sequence[str], with_pan: bool) -> dict:
-    """What a checkpoint must match to be resumed (device and logging cadence do not change the maths)."""
-    d = _config_dict(cfg)
-    for k in ("device", "eval_every", "checkpoint_every", "threads", "log_every"):
-        d.pop(k)
-    return {"config": d, "train": list(stems), "pan": bool(with_pan)}
-
-
-def _save_checkpoint(path: Path, *, step, params, optimizers, strategy_state, rng, order, history, key, sscale,
-                     init_source):
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "step": int(step),
-        "params": {k: v.detach().cpu() for k, v in params.items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "strategy_state": {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in strategy_state.items()},
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "np_rng": rng.bit_generator.state,
-        "order": list(order),  # the rest of the current epoch's view order
-        "history": history,
-        "key": key,
-        "scene_scale": float(sscale),
-        "init_source": init_source,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read ckpt.pt (tensors on CPU); a one-line InputError when it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}); "
-                         "delete it to retrain") from None
-    if not isinstance(ck, dict) or ck.get("version") != CHECKPOINT_VERSION:
-        raise InputError(f"{path}: not a splat.train checkpoint of version {CHECKPOINT_VERSION}; delete it to retrain")
-    return ck
-
-
-# -------------------------------------------------------------------------------------------------------------
-# training
-# -------------------------------------------------------------------------------------------------------------
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    import sys
-
-    from tqdm.auto import tqdm
-
-    # In a log file (no terminal) one line every 30 s says enough; per-step redraws would flood it.
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="splat", dynamic_ncols=True, leave=False,
-                mininterval=0.1 if tty else 30.0)
-
-
-def train(scene, cfg: TrainConfig | None = None, *, instance_maps: Mapping[str, np.ndarray] | None = None,
-          out_dir: str | Path | None = None, resume: bool | None = True, progress: bool = True,
-          device: str | torch.device | None = None, init_points: tuple[np.ndarray, np.ndarray | None] | None = None,
-          kill_hook: Callable[[], None] | None = None) -> TrainResult:
-    """Fit Gaussians to `scene`'s train views; with `instance_maps` ({stem: [H, W] int ids, 0 = void}) also the
-    panoptic colours (λ·L1). With `out_dir`: ckpt.pt (every checkpoint_every steps and at the end),
-    gaussians.ply and history.json. `resume` (None = True) continues from a matching ckpt.pt in out_dir.
-    `init_points` = (xyz [N, 3], rgb [N, 3] | None) overrides `points_for_scene`. `kill_hook` is called once,
-    halfway, right after a checkpoint (tests use it to die mid-run)."""
-    cfg = cfg or TrainConfig()
-    saved_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _train(scene, cfg, instance_maps, out_dir, resume, progress, device, init_points, kill_hook)
-    finally:
-        torch.set_num_threads(saved_threads)
-
-
-def _train(scene, cfg: TrainConfig, instance_maps, out_dir, resume, progress, device, init_points,
-           kill_hook) -> TrainResult:
-    t_start = time.perf_counter()
-    dev = torch.device(device if device is not None else cfg.device)
-    if cfg.iterations < 0 or cfg.batch_size < 1 or cfg.scale <= 0:
-        raise InputError(f"invalid TrainConfig: iterations={cfg.iterations}, batch_size={cfg.batch_size}, "
-                         f"scale={cfg.scale}; use iterations >= 0, batch_size >= 1, scale > 0")
-    stems = list(scene.train)
-    if not stems:
-        raise InputError(f"{scene.root}: no train frames; list some under \"train\" in splits.json")
-    with_pan = instance_maps is not None
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out_dir / "ckpt.pt" if out_dir is not None else None
-    key = _run_key(cfg, stems, with_pan)
-
-    # -- data, preloaded at the training resolution --------------------------------------------------------
-    frames = scene.train_frames
-    cams_all = Cameras.from_frames(frames, scale=cfg.scale)
-    gt_rgb = _load_rgb(scene, stems, cams_all).to(dev)  # [V, H, W, 3]
-    pan_t = pan_valid = None
-    if with_pan:
-        pan_t, pan_valid = _instance_targets(instance_maps, stems, cams_all.width, cams_all.height)
-        pan_t, pan_valid = pan_t.to(dev), pan_valid.to(dev)  # [V, H, W, 3], [V, H, W, 1]
-    cams_all = cams_all.to(dev)
-    sscale = scene_scale(frames)
-    background = torch.tensor(list(cfg.background), dtype=torch.float32, device=dev)
-    if len(background) != 3:
-        raise InputError(f"TrainConfig.background must have 3 values, got {cfg.background}")
-
-    # -- state: fresh or from a checkpoint ----------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    strategy = _make_strategy(cfg)
-    history: list[dict] = []
-    start, resumed_from, ck = 0, None, None
-    if (resume is None or resume) and ckpt_path is not None and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
-        if ck["key"] != key:
-            ck = None  # another config, split or label set: train from scratch
-    if ck is not None:
-        params = torch.nn.ParameterDict({k: torch.nn.Parameter(ck["params"][k].to(dev)) for k in PARAM_NAMES})
-        optimizers = _make_optimizers(params, cfg, sscale)
-        for k, o in optimizers.items():
-            o.load_state_dict(ck["optimizers"][k])
-        sstate = {k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in ck["strategy_state"].items()}
-        torch.set_rng_state(ck["torch_rng"])
-        if ck["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["cuda_rng"])
-        rng.bit_generator.state = ck["np_rng"]
-        history = list(ck["history"])
-        start = resumed_from = int(ck["step"])
-        init_source = ck["init_source"]
-    else:
-        if init_points is not None:
-            xyz, rgb = init_points
-            init_source = "given"
-        else:
-            xyz, rgb, init_source = points_for_scene(scene, cfg.init_points, cfg.seed)
-        params = init_gaussians(xyz, rgb, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
-                                init_scale=cfg.init_scale, seed=cfg.seed).to(dev)
-        optimizers = _make_optimizers(params, cfg, sscale)
-        sstate = strategy.initialize_state(scene_scale=sscale) if cfg.strategy == "default" \
-            else strategy.initialize_state()
-    strategy.check_sanity(params, optimizers)
-
-    # -- loop ---------------------------------------------------------------------------------------------
-    V, B = len(stems), cfg.batch_size
-    order: list[int] = []
-    if ck is not None:
-        order = list(ck.get("order", []))
-    kill_at = cfg.iterations // 2 if kill_hook is not None else -1
-    bar = _progress_bar(cfg.iterations, start, progress)
-    last_psnr = float("nan")
-    t_loop = time.perf_counter()
-    time_offset = history[-1]["time"] if history else 0.0
-    step = start
-    with _cpu_mcmc_ops(dev) if cfg.strategy == "mcmc" else contextlib.nullcontext():
-        for step in range(start, cfg.iterations):
-            # view order: a fresh permutation per epoch, from a generator saved in checkpoints
-            idx = []
-            for _ in range(B):
-                if not order:
-                    order = rng.permutation(V).tolist()
-                idx.append(order.pop())
-            lr_m = _means_lr(cfg, sscale, step)
-            optimizers["means"].param_groups[0]["lr"] = lr_m
-            degree = min(step // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
-            cams = cams_all[idx]
-            feats, meta = _render_views(params, cams, degree, background, with_pan, cfg.backend)
-            strategy.step_pre_backward(params, optimizers, sstate, step, meta)
-            l_rgb, mse = _rgb_loss(feats[..., :3], gt_rgb[idx], cfg.ssim_lambda)
-            loss = l_rgb
-            l_pan = torch.zeros((), device=dev)
-            if with_pan:
-                l_pan = _pan_loss(feats[..., 3:6], pan_t[idx], pan_valid[idx])
-                loss = loss + cfg.lambda_pan * l_pan
-            if cfg.strategy == "mcmc":
-                loss = loss + cfg.mcmc_opacity_reg * torch.sigmoid(params["opacities"]).mean() \
-                    + cfg.mcmc_scale_reg * torch.exp(params["scales"]).mean()
-            loss.backward()
-            for o in optimizers.values():
-                o.step()
-                o.zero_grad(set_to_none=True)
-            if cfg.strategy == "mcmc":
-                strategy.step_post_backward(params, optimizers, sstate, step, meta, lr=lr_m)
-            else:
-                strategy.step_post_backward(params, optimizers, sstate, step, meta, packed=False)
-                if 0 < step < cfg.refine_stop and step % cfg.reset_every == 0:
-                    _reset_opacities(params, optimizers, sstate, cfg.prune_opacity * 2.0)
-                if cfg.max_gaussians > 0 and step % cfg.refine_every == 0:
-                    _cap_gaussians(params, optimizers, sstate, cfg.max_gaussians)
-
-            done = step + 1
-            last_psnr = -10.0 * math.log10(max(float(mse), 1e-12))
-            n_g = len(params["means"])
-            if done % max(cfg.log_every, 1) == 0 or done == cfg.iterations:
-                entry = {"step": done, "loss": float(loss.detach()), "l_rgb": float(l_rgb.detach()),
-                         "l_pan": float(l_pan.detach()), "psnr": last_psnr, "num_gaussians": n_g,
-                         "time": time_offset + time.perf_counter() - t_loop}
-                if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done != cfg.iterations and scene.test:
-                    entry["test_psnr"] = evaluate_psnr(params, scene, scene.test, cfg.eval_scale,
-                                                       background=cfg.background, sh_degree=degree,
-                                                       backend=cfg.backend)[0]
-                history.append(entry)
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", psnr=f"{last_psnr:.2f}", n=n_g, refresh=False)
-            save_now = cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0 and done != cfg.iterations
-            if ckpt_path is not None and (save_now or done == kill_at):
-                _save_checkpoint(ckpt_path, step=done, params=params, optimizers=optimizers, strategy_state=sstate,
-                                 rng=rng, order=order, history=history, key=key, sscale=sscale,
-                                 init_source=init_source)
-            if done == kill_at:
-                kill_hook()
-    bar.close()
-
-    # -- outputs ------------------------------------------------------------------------------------------
-    final_degree = min(max(cfg.iterations - 1, 0) // max(cfg.sh_degree_interval, 1), cfg.sh_degree)
-    mean_psnr, per_view = evaluate_psnr(params, scene, scene.test, cfg.eval_scale, background=cfg.background,
-                                        sh_degree=final_degree, backend=cfg.backend)
-    if out_dir is not None:
-        from .ply import save_ply
-
-        _save_checkpoint(ckpt_path, step=cfg.iterations, params=params, optimizers=optimizers, strategy_state=sstate,
-                         rng=rng, order=order, history=history, key=key, sscale=sscale, init_source=init_source)
-        save_ply(out_dir / "gaussians.ply", _exported(params, final_degree))
-        write_json(out_dir / "history.json", history)
-        write_json(out_dir / "train_summary.json", {
-            "steps": cfg.iterations, "num_gaussians": len(params["means"]), "test_psnr": mean_psnr,
-            "test_psnr_per_view": per_view, "init_source": init_source, "scene_scale": sscale,
-            "sh_degree": final_degree, "panoptic_regulariser": with_pan, "resumed_from": resumed_from})
-    return TrainResult(gaussians=params, history=history, test_psnr=mean_psnr, test_psnr_per_view=per_view,
-                       wall_time=time.perf_counter() - t_start, steps=cfg.iterations,
-                       num_gaussians=len(params["means"]), init_source=init_source, resumed_from=resumed_from)
-
-
-def _exported(params: Mapping[str, Tensor], degree: int) -> dict[str, Tensor]:
-    """The Gaussians as rendered at the end: SH bands above the active degree (never trained) are dropped, so
-    renderers that use all stored bands show what the trainer optimised."""
-    out = {k: v.detach().cpu() for k, v in params.items()}
-    out["shN"] = out["shN"][:, : (degree + 1) ** 2 - 1]
-    return out
-

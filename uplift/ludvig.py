@@ -10,9 +10,8 @@ the gradient of ⟨render(features), target⟩ w.r.t. zero features is Σ_u targ
 one-hot target the gradient *is* the numerator. One backward pass per view and channel block gives
 exact sums with whatever backend `splat.render` uses (torch reference or gsplat): method "grad".
 On the torch backend, method "direct" (the default there) replays the backend's own forward blocks
-and scatters each w_i(u) into cell (i, l(u)): one forward-cost pass per view whatever K is. Measured on
-the trained demo Gaussians (bench/uplift.py, CPU time, noisy shared machine): direct ≈ 1.0x and grad ≈ 2.0x
-the time of rendering the same views forward. Tests pin both to a per-pixel loop.
+and scatters each w_i(u) into cell (i, l(u)): one forward-cost pass per view whatever K is (bench/uplift.py
+compares both with a forward render). Tests pin both to a per-pixel loop.
 
 Choices (documented because they change numbers):
 * Pixels whose label is `ignore_label` (default 0 = void/unlabelled) cast no vote and are not counted in
@@ -43,6 +42,8 @@ import torch
 from torch import Tensor
 
 from pipeline.common.io import InputError, atomic_path
+from pipeline.common.labels import majority_class
+from pipeline.common.progress import progress_bar
 
 __all__ = ["UpliftResult", "uplift", "relabel", "dense_map", "instance_classes", "gaussian_geometry", "METHODS"]
 
@@ -75,10 +76,6 @@ class UpliftResult:
     @property
     def num_labels(self) -> int:
         return int(self.label_ids.shape[0])
-
-    @property
-    def is_topk(self) -> bool:
-        return self.weights is None
 
     @property
     def labelled(self) -> np.ndarray:  # [N] bool
@@ -192,8 +189,9 @@ def instance_classes(label_maps: Sequence[np.ndarray], class_maps: Sequence[np.n
     * `segments` (segments.json: id -> class, or id -> {"class_id": c, ...}) wins: the segmenter gives one
       class per instance; stuff regions are instances like any other.
     * Ids it does not list take the majority of `class_maps` over their pixels, weighted by `weights`
-      (per-pixel [H, W], e.g. segmenter confidence). Class 0 (void) only wins for an instance that has
-      no other class at all, so a labelled instance never scores as void; ties go to the smaller class.
+      (per-pixel [H, W], e.g. segmenter confidence): `pipeline.common.labels.majority_class`. Class 0 (void)
+      only wins for an instance that has no other class at all, so a labelled instance never scores as void;
+      ties go to the lowest class id.
     An id with neither source raises InputError.
     """
     out: dict[int, int] = {}
@@ -218,28 +216,12 @@ def instance_classes(label_maps: Sequence[np.ndarray], class_maps: Sequence[np.n
     if len(class_maps) != len(label_maps) or (weights is not None and len(weights) != len(label_maps)):
         raise InputError(f"{len(label_maps)} label maps but {len(class_maps)} class maps"
                          + ("" if weights is None else f" and {len(weights)} weight maps") + "; give one per view")
-    todo_arr = np.asarray(todo, dtype=np.int64)
-    votes: dict[tuple[int, int], float] = {}
     for v, (lm, cm) in enumerate(zip(label_maps, class_maps)):
-        lm = np.asarray(lm).astype(np.int64)
-        cm = np.asarray(cm).astype(np.int64)
-        if lm.shape != cm.shape:
-            raise InputError(f"view {v}: label map {lm.shape} and class map {cm.shape} differ in shape")
-        sel = np.isin(lm, todo_arr)
-        if not sel.any():
-            continue
-        w = None if weights is None else np.asarray(weights[v], dtype=np.float64)[sel]
-        pairs, inv = np.unique(np.stack([lm[sel], cm[sel]]), axis=1, return_inverse=True)
-        tot = np.bincount(inv.reshape(-1), weights=w, minlength=pairs.shape[1])
-        for (i, c), t in zip(pairs.T.tolist(), tot.tolist()):
-            votes[(i, c)] = votes.get((i, c), 0.0) + t
-    best: dict[int, tuple[tuple, int]] = {}
-    for (i, c), t in votes.items():
-        key = (c != 0, t, -c)  # non-void first, then weight, then smaller class id
-        if i not in best or key > best[i][0]:
-            best[i] = (key, c)
+        if np.shape(lm) != np.shape(cm):
+            raise InputError(f"view {v}: label map {np.shape(lm)} and class map {np.shape(cm)} differ in shape")
+    voted = majority_class(label_maps, class_maps, weights, ignore_id=ignore_label)
     for i in todo:
-        result[i] = best[i][1] if i in best else 0
+        result[i] = voted.get(i, 0)
     return dict(sorted(result.items()))
 
 
@@ -264,17 +246,6 @@ def gaussian_geometry(gaussians) -> dict[str, Tensor]:
 
 def _num_cameras(cameras) -> int:
     return int(cameras.viewmats.shape[0])
-
-
-def _progress(total: int, enabled: bool, what: str):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    prog = Progress(transient=True)
-    prog.start()
-    task = prog.add_task(what, total=total)
-    return prog, task
 
 
 def _view_block_sums(render_fn, geom: dict, cam, local: np.ndarray, width: int, backend: str) -> Tensor:
@@ -321,7 +292,7 @@ def _use_direct(method: str, backend: str, device: torch.device) -> bool:
 
 
 def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], label_ids: np.ndarray, lo: int, hi: int,
-                chunk: int, backend: str, prog, direct: bool) -> Tensor:
+                chunk: int, backend: str, bar, direct: bool) -> Tensor:
     """Exact numerator sums of channels [lo, hi) over all views: [N, hi-lo] float32.
 
     direct: one forward replay per view scattering w into (Gaussian, label) cells, any number of labels.
@@ -339,8 +310,7 @@ def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], labe
             inside = (dm >= lo) & (dm < hi)
             if inside.any():
                 _direct_sums(geom, cameras[v], np.where(inside, dm - lo, width).astype(np.int64), width, acc)
-            if prog is not None:
-                prog[0].advance(prog[1])
+            bar.update(1)
         return acc[:n, :width]  # contiguous (leading rows; width >= 1 whenever there are labels)
     acc = torch.zeros(n, width, dtype=torch.float32, device=dev)
     lut = np.empty(width + 1, dtype=np.int64)
@@ -355,8 +325,7 @@ def _accumulate(render_fn, geom, cameras, label_maps: Sequence[np.ndarray], labe
             local = np.where(inside, lut[np.clip(dm - lo, 0, width)], len(chans))  # [H, W]
             grad = _view_block_sums(render_fn, geom, cameras[v], local, len(chans), backend)
             acc[:, torch.from_numpy(chans - lo).to(dev)] += grad.float()
-        if prog is not None:
-            prog[0].advance(prog[1])
+        bar.update(1)
     return acc
 
 
@@ -393,13 +362,8 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
     sparse = topk is not None and topk < k_all
 
     if not sparse:
-        n_steps = n_cam
-        prog = _progress(n_steps, progress, f"uplift {k_all} labels")
-        try:
-            num = _accumulate(render_fn, geom, cameras, label_maps, label_ids, 0, k_all, chunk_channels, backend, prog, direct).cpu()  # [N, K]
-        finally:
-            if prog is not None:
-                prog[0].stop()
+        with progress_bar(n_cam, f"uplift {k_all} labels", unit="view", enabled=progress) as bar:
+            num = _accumulate(render_fn, geom, cameras, label_maps, label_ids, 0, k_all, chunk_channels, backend, bar, direct).cpu()  # [N, K]
         den = num.sum(1)  # [N]
         has = den > 0
         num.div_(torch.where(has, den, torch.ones_like(den))[:, None])  # in place: no second N x K buffer
@@ -414,13 +378,12 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
 
     # top-k: block over channels (outer), views (inner); merge exact block sums into a running top-k
     blocks = [(lo, min(lo + chunk_channels, k_all)) for lo in range(0, k_all, chunk_channels)]
-    prog = _progress(n_cam * len(blocks), progress, f"uplift {k_all} labels (top-{topk})")
     best_w = torch.zeros(n, topk, dtype=torch.float32)  # [N, k] unnormalised sums
     best_c = torch.full((n, topk), -1, dtype=torch.long)  # [N, k] dense channels
     den = torch.zeros(n, dtype=torch.float32)
-    try:
+    with progress_bar(n_cam * len(blocks), f"uplift {k_all} labels (top-{topk})", unit="view", enabled=progress) as bar:
         for lo, hi in blocks:
-            acc = _accumulate(render_fn, geom, cameras, label_maps, label_ids, lo, hi, chunk_channels, backend, prog, direct).cpu()  # [N, B]
+            acc = _accumulate(render_fn, geom, cameras, label_maps, label_ids, lo, hi, chunk_channels, backend, bar, direct).cpu()  # [N, B]
             den += acc.sum(1)
             kk = min(topk, hi - lo)
             w, c = acc.topk(kk, dim=1)
@@ -428,9 +391,6 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
             cand_c = torch.cat([best_c, c + lo], 1)
             best_w, pos = cand_w.topk(topk, dim=1)
             best_c = cand_c.gather(1, pos)
-    finally:
-        if prog is not None:
-            prog[0].stop()
     has = den > 0
     empty = best_w <= 0
     norm = torch.where(has[:, None], best_w / den.clamp_min(1e-30)[:, None], torch.zeros_like(best_w))

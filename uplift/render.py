@@ -24,7 +24,7 @@ import torch
 
 from pipeline.common.classes import THING_IDS
 from pipeline.common.io import InputError, atomic_path, write_png
-from pipeline.common.labels import overlay
+from pipeline.common.labels import overlay, write_prediction
 
 from .ludvig import UpliftResult, gaussian_geometry
 
@@ -100,7 +100,8 @@ def render_panoptic(gaussians, result: UpliftResult, cameras, id_to_class: Mappi
 
 def write_predictions(out_dir: str | os.PathLike, stems: Sequence[str], instance: np.ndarray, semantics: np.ndarray,
                       rgb: np.ndarray | Sequence[np.ndarray] | None = None, thing_ids: Iterable[int] = THING_IDS) -> None:
-    """Write PanLift prediction files for each stem (every file written atomically).
+    """Write PanLift prediction files for each stem (every file written atomically; the prediction pair by
+    `pipeline.common.labels.write_prediction`).
 
     pred_semantics/<stem>.png  uint8 class ids
     pred_surrogateid/<stem>.png  uint16 instance ids, the same id for the same object in every view; 0 on
@@ -115,15 +116,8 @@ def write_predictions(out_dir: str | os.PathLike, stems: Sequence[str], instance
     semantics = np.asarray(semantics)
     if instance.shape != semantics.shape or instance.ndim != 3 or len(stems) != instance.shape[0]:
         raise InputError(f"need instance and semantics [C, H, W] for {len(stems)} stems, got {instance.shape} and {semantics.shape}")
-    if semantics.size and (semantics.min() < 0 or semantics.max() > 255):
-        raise InputError(f"class ids must fit uint8 (0..255), got {semantics.min()}..{semantics.max()}")
-    things = np.fromiter((int(t) for t in thing_ids), np.int64)
-    surrogate = np.where(np.isin(semantics, things), instance, 0)
-    if surrogate.size and (surrogate.min() < 0 or surrogate.max() > 65535):
-        raise InputError(f"instance ids must fit uint16 (0..65535), got {surrogate.min()}..{surrogate.max()}")
     for i, stem in enumerate(stems):
-        write_png(out / "pred_semantics" / f"{stem}.png", semantics[i].astype(np.uint8))
-        write_png(out / "pred_surrogateid" / f"{stem}.png", surrogate[i].astype(np.uint16))
+        write_prediction(out, stem, instance[i], semantics[i], thing_ids)
         if rgb is not None:
             img = np.asarray(rgb[i])
             if img.dtype != np.uint8:

@@ -88,7 +88,7 @@ class PanSt3RConfig:
 
 
 def full_config(variant: str = "v1") -> PanSt3RConfig:
-    """The released 512 models (spec §1): ~879M (v1) / ~806M (v2) parameters."""
+    """The released 512 models: ~879M (v1) / ~806M (v2) parameters."""
     return PanSt3RConfig(variant=variant, mask_dim=256 if variant == "v1" else 384).check()
 
 

@@ -1,6 +1,6 @@
 """MUSt3R multi-view decoder with a per-layer token memory (ViT-B, 12 layers) and the pointmap head.
 
-Memory semantics (spec §1.4):
+Memory semantics (as the official decoder):
 * update: the first image of the very first batch is the reference (no `image2_embed`); every other image
   gets `image2_embed`. Block i cross-attends to `old_mem_i + norm_y_i(x)` minus the image's own tokens.
   After the last block, `offset = feedback_layer(feedback_norm(input of the last block))` is added to the

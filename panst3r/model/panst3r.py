@@ -1,4 +1,4 @@
-"""The PanSt3R network and its multi-view inference flow (spec §1.1 and §3).
+"""The PanSt3R network and its multi-view inference flow.
 
 Flow of `PanSt3R.infer` for V views and keyframes K (keyframes[0] = reference / world frame):
 1. MUSt3R encoder and DINOv2 on every view (independent per view, cacheable: `encode`).
@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from pipeline.common.progress import progress_bar
 
 from .config import PanSt3RConfig
 from .decoder import MUSt3RDecoder
@@ -55,14 +57,6 @@ class EncodedViews:
     with the same keyframes on a model sharing this MUSt3R backbone (e.g. v1 and v2) skips the decoder."""
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="view")
-
-
 class PanSt3R(nn.Module):
     def __init__(self, config: PanSt3RConfig):
         super().__init__()
@@ -99,17 +93,15 @@ class PanSt3R(nn.Module):
         self._check_images(images)
         dev = self.device
         enc, dino, pos = [], [], None
-        bar = _progress(images.shape[0], progress, "PanSt3R encode")
+        bar = progress_bar(images.shape[0], "PanSt3R encode", unit="view", enabled=progress)
         for s in range(0, images.shape[0], max_bs):
             img = images[s:s + max_bs].to(dev, torch.float32)
             x, p = self.must3r_encoder(img)
             enc.append(x)
             dino.append(self.dino_encoder(img))
             pos = p[0]
-            if bar is not None:
-                bar.update(img.shape[0])
-        if bar is not None:
-            bar.close()
+            bar.update(img.shape[0])
+        bar.close()
         return EncodedViews(torch.cat(enc), pos, torch.cat(dino))
 
     def _check_images(self, images: Tensor) -> None:
@@ -165,8 +157,7 @@ class PanSt3R(nn.Module):
             raws.append(torch.stack([renders[(kf_key, v)][0] for v in sel]))
             fpns.extend(fpn.unbind(0))
             mfs.extend(mf.unbind(0))
-            if bar is not None:
-                bar.update(len(sel))
+            bar.update(len(sel))
         return torch.cat(raws), fpns, mfs
 
     @torch.no_grad()
@@ -199,7 +190,7 @@ class PanSt3R(nn.Module):
 
         renders = enc.renders if encoded is not None else {}
         kf_key = (self._backbone_key(), tuple(kf))
-        bar = _progress(V, progress, "PanSt3R decode")
+        bar = progress_bar(V, "PanSt3R decode", unit="view", enabled=progress)
         raw_kf, fpn_kf, mf_kf = self._render_views(kf, images, enc, memory, renders, kf_key, max_bs, bar)
         logits, masks_kf, out_q = mt(fpn_kf, mf_kf, text)
         del fpn_kf, mf_kf
@@ -215,8 +206,7 @@ class PanSt3R(nn.Module):
             _, ms = mt.prediction_heads(out_q, mfs, None)
             for k, m in zip(sel, ms):
                 masks[k] = m.cpu()
-        if bar is not None:
-            bar.close()
+        bar.close()
         held.clear()
         pts3d, pts3d_local, conf = postprocess_pointmap(raw)
         return PanSt3ROutput(pts3d=pts3d, pts3d_local=pts3d_local, conf=conf, pred_logits=logits.cpu(),

@@ -19,8 +19,10 @@ from PIL import Image
 
 __all__ = [
     "InputError",
+    "OUTPUT_MARKER",
     "atomic_path",
     "atomic_dir",
+    "claim_dir",
     "write_json",
     "read_json_if_present",
     "read_document",
@@ -47,15 +49,67 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+OUTPUT_MARKER = ".panoptic-splat"  # in every folder this tool creates; holds the kind of output it is
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _check_ours(path: Path, kind: str) -> None:
+    """Refuse to touch `path` unless it is missing, empty, or this tool's own earlier output of `kind`."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InputError(f"{path}: exists and is not a folder; pass a folder path (an existing file is never replaced)")
+    if not path.is_dir():
+        return
+    marker = path / OUTPUT_MARKER
+    other = marker.read_text().strip() if marker.is_file() else None
+    if other == kind:
+        return
+    if other is not None:
+        raise InputError(f"{path}: holds this tool's {other} output, not {_article(kind)} {kind} output; pass another folder "
+                         "(nothing was changed)")
+    if any(path.iterdir()):
+        raise InputError(f"{path}: folder is not empty and is not a previous {kind} output of this tool; "
+                         "pass a new or empty folder (nothing was changed)")
+
+
+def _resolve_target(path: str | os.PathLike) -> Path:
+    path = Path(path).absolute()
+    cwd = Path.cwd().absolute()
+    if path == cwd or path in cwd.parents or not path.name:
+        raise InputError(f"{path}: is the current folder or one above it; pass a subfolder such as ./out")
+    return path
+
+
+def claim_dir(path: str | os.PathLike, kind: str) -> Path:
+    """Create (or reuse) `path` as this tool's output folder of `kind`, for outputs written piece by piece.
+
+    A folder holding someone else's files is refused, never cleaned: the tool only removes what it created."""
+    path = _resolve_target(path)
+    _check_ours(path, kind)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / OUTPUT_MARKER
+    if not marker.is_file():
+        marker.write_text(kind + "\n")
+    return path
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `path` (old content removed)."""
-    path = Path(path)
+def atomic_dir(path: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `path`.
+
+    Only an earlier output of the same `kind` (its marker file says so) or an empty folder is replaced; anything
+    else is refused before any work is done, so a user's folder is never deleted."""
+    path = _resolve_target(path)
+    _check_ours(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
         yield tmp
+        (tmp / OUTPUT_MARKER).write_text(kind + "\n")
+        _check_ours(path, kind)  # it may have changed while the work ran
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)

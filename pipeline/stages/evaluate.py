@@ -5,26 +5,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from ..cache import StageContext, scene_gt_digest, upstream
-from ..common.classes import THING_IDS
-from ..common.io import read_png, write_json, write_png
+from ..common.io import read_png, write_json
+from ..common.labels import id_classes, write_prediction
 from ..config import RunConfig
 from .segment import load_panst3r, panst3r_inputs, panst3r_pass
-from .shared import headline, panlift_prediction, scene_has_test_gt, segmenter_can_segment_images
+from .shared import scene_has_test_gt, segmenter_can_segment_images
 
 __all__ = ["evaluate_inputs", "evaluate_run", "rts_inputs", "rts_run", "rts_skip_reason"]
 
 
 def evaluate_inputs(ctx: StageContext) -> dict[str, str]:
+    """The rendered predictions, the segmenter's own maps (segmenter_on_test) and the scene's GT."""
     return {"render": upstream(ctx, "render", ("pred_semantics", "pred_surrogateid")),
             "segment": upstream(ctx, "segment"),
             "scene_gt": scene_gt_digest(ctx.scene, ctx.hashes)}
 
 
 def evaluate_run(ctx: StageContext, out: Path) -> dict:
-    from ..metrics import evaluate_scene, json_safe
+    """Scene PQ of the uplift's renders and of the segmenter directly on the test views (the 2D baseline)."""
+    from ..metrics import evaluate_scene, headline, json_safe
 
     if not ctx.cfg.evaluate.enabled:
         (out / "skipped.txt").write_text("evaluation off (evaluate.enabled = false)\n")
@@ -43,10 +43,7 @@ def evaluate_run(ctx: StageContext, out: Path) -> dict:
         # the segmenter's own per-pixel classes, its ids on thing pixels: what it predicts without any 3D
         pred = out / "segmenter_on_test"
         for s in ctx.scene.test:
-            sem = read_png(seg / "semantics" / f"{s}.png").astype(np.uint8)
-            inst = read_png(seg / "instance" / f"{s}.png").astype(np.uint16)
-            write_png(pred / "pred_semantics" / f"{s}.png", sem)
-            write_png(pred / "pred_surrogateid" / f"{s}.png", np.where(np.isin(sem, list(THING_IDS)), inst, 0).astype(np.uint16))
+            write_prediction(pred, s, read_png(seg / "instance" / f"{s}.png"), read_png(seg / "semantics" / f"{s}.png"))
         direct = json_safe(evaluate_scene(ctx.scene.root, pred))
         direct["segmenter_kind"] = seg_info.get("kind")
         write_json(out / "segmenter_on_test.json", direct)
@@ -65,6 +62,7 @@ def rts_skip_reason(cfg: RunConfig) -> str | None:
 
 
 def rts_inputs(ctx: StageContext) -> dict[str, str]:
+    """The RGB renders, the scene's GT and the PanSt3R checkpoint (nothing when the stage is skipped)."""
     if rts_skip_reason(ctx.cfg) is not None:
         return {}
     return {"render": upstream(ctx, "render", ("rgb",)), "scene_gt": scene_gt_digest(ctx.scene, ctx.hashes),
@@ -81,15 +79,14 @@ def rts_run(ctx: StageContext, out: Path) -> dict:
     if why is not None:
         (out / "skipped.txt").write_text(why + "\n")
         return {"skipped": why}
-    from ..metrics import evaluate_scene, json_safe
+    from ..metrics import evaluate_scene, headline, json_safe
 
     net = load_panst3r(ctx)
     segs = panst3r_pass(ctx, net, [rgb / f"{s}.png" for s in stems], out / "panst3r")
     id_to_class = {int(k): int(v["class_id"]) for k, v in segs.items()}
     for s in stems:
-        sem, sur = panlift_prediction(read_png(out / "panst3r" / "instance" / f"{s}.png"), id_to_class)
-        write_png(out / "pred_semantics" / f"{s}.png", sem)
-        write_png(out / "pred_surrogateid" / f"{s}.png", sur)
+        inst = read_png(out / "panst3r" / "instance" / f"{s}.png")
+        write_prediction(out, s, inst, id_classes(inst, id_to_class))
     info: dict = {"num_views": len(stems), "num_segments": len(segs), "network_size": net.size}
     if ctx.cfg.evaluate.enabled and scene_has_test_gt(ctx.scene) and ctx.scene.format == "panlift":
         m = json_safe(evaluate_scene(ctx.scene.root, out))

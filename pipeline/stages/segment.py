@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,8 @@ import numpy as np
 from ..cache import StageContext, scene_geometry_digest, scene_layout_digest
 from ..common.classes import PANLIFT_CLASSES, THING_IDS
 from ..common.io import InputError, read_png, write_json, write_png
-from ..common.labels import resize_nearest
-from .shared import class_names, panlift_prediction, progress
+from ..common.labels import id_classes, majority_class, resize_nearest
+from .shared import class_names, progress
 
 __all__ = ["segment_inputs", "segment_run", "validate_segment_inputs", "load_panst3r", "panst3r_pass",
            "panst3r_inputs"]
@@ -63,10 +61,11 @@ def validate_segment_inputs(ctx: StageContext) -> None:
             raise InputError(f"{sc.vocabulary}: vocabulary file not found; pass --segment.vocabulary panlift, a text "
                              "file (one class name a line) or a .pt of names + embeddings (panst3r.text.save_embeddings)")
     else:  # tyro/YAML already restrict it; kept for programmatic configs
-        raise InputError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
+        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed or panst3r")
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:
+    """Masks on disk: their content and the frame layout; PanSt3R: the images, checkpoint and vocabulary."""
     sc = ctx.cfg.segment
     if sc.kind == "panst3r":
         return {"scene": scene_geometry_digest(ctx.scene, ctx.hashes), **panst3r_inputs(ctx)}
@@ -102,7 +101,8 @@ def _load_mask_pair(src: Path, stem: str, frame) -> tuple[np.ndarray, np.ndarray
 
 
 def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray]) -> dict[int, int]:
-    """Class of each instance id: the source's segments.json when it has one, else the pixel majority."""
+    """Class of each instance id: the source's segments.json when it has one, else the pixel majority
+    (`majority_class`: void only for an id with no other class, ties to the lowest class id)."""
     seg_json = src / "segments.json"
     present = np.unique(np.concatenate([i.reshape(-1) for i in insts]))
     present = [int(i) for i in present if i > 0]
@@ -116,17 +116,7 @@ def _segments_from(src: Path, sems: list[np.ndarray], insts: list[np.ndarray]) -
         if missing:
             raise InputError(f"{seg_json}: instance ids {missing[:5]} appear in the masks but not in segments.json")
         return {i: table[i] for i in present}
-    votes: dict[tuple[int, int], int] = {}
-    for sem, inst in zip(sems, insts):
-        m = inst > 0
-        pairs, counts = np.unique(np.stack([inst[m].astype(np.int64), sem[m].astype(np.int64)]), axis=1, return_counts=True)
-        for (i, c), n in zip(pairs.T.tolist(), counts.tolist()):
-            votes[(i, c)] = votes.get((i, c), 0) + n
-    best: dict[int, tuple[int, int]] = {}
-    for (i, c), n in sorted(votes.items()):
-        if n > best.get(i, (-1, 0))[0]:
-            best[i] = (n, c)
-    return {i: best[i][1] for i in present}
+    return majority_class(insts, sems)
 
 
 def _run_segment_maps(ctx: StageContext, out: Path) -> dict:
@@ -173,6 +163,7 @@ def _panst3r_merge(merge: str) -> str:
 
 
 def panst3r_inputs(ctx: StageContext) -> dict[str, str]:
+    """Content of the checkpoint (and of a vocabulary file): what a PanSt3R pass depends on besides images."""
     sc = ctx.cfg.segment
     out = {"checkpoint": ctx.hashes.file(sc.checkpoint)}
     if sc.vocabulary != "panlift" and Path(sc.vocabulary).is_file():
@@ -180,39 +171,18 @@ def panst3r_inputs(ctx: StageContext) -> dict[str, str]:
     return out
 
 
-@dataclass
-class _PanSt3R:
-    model: object
-    vocab: object  # panst3r.cli.Vocabulary, semantics ids = PanLift ids
-    size: int  # network long side (the checkpoint's training size)
+def load_panst3r(ctx: StageContext):
+    """The shared `panst3r.segment.load_segmenter` with PanLift semantics ids: what one PanSt3R pass needs."""
+    from panst3r.segment import load_segmenter
+
+    return load_segmenter(ctx.cfg.segment, ctx.device, panlift_ids=True,
+                          how="--segment.text-embeddings FILE (or a SigLIP folder), or --segment.vocabulary FILE.pt "
+                              "(class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
 
 
-def load_panst3r(ctx: StageContext) -> _PanSt3R:
-    """Model, PanLift-id vocabulary with text embeddings, network size: what one PanSt3R pass needs."""
-    import panst3r
-    from panst3r.cli import class_vocabulary
-    from panst3r.segment import checkpoint_image_size
-
-    sc = ctx.cfg.segment
-    vocab = class_vocabulary(sc.vocabulary, sc.text_embeddings or sc.siglip, ctx.device, panlift_ids=True,
-                             how="--segment.text-embeddings FILE, --segment.siglip DIR, or --segment.vocabulary "
-                                 "FILE.pt (class names + [C, 768] embeddings written by panst3r.text.save_embeddings)")
-    model = panst3r.load(sc.checkpoint, device=ctx.device)
-    if vocab.embeddings.shape[1] != model.config.text_dim:
-        raise InputError(f"{sc.vocabulary}: text embeddings are {vocab.embeddings.shape[1]} wide but {sc.checkpoint} "
-                         f"expects {model.config.text_dim}; encode the classes with the model's text encoder")
-    return _PanSt3R(model, vocab, checkpoint_image_size(sc.checkpoint))
-
-
-def panst3r_pass(ctx: StageContext, net: _PanSt3R, images: list[Path], out_dir: Path) -> dict[str, dict]:
+def panst3r_pass(ctx: StageContext, net, images: list[Path], out_dir: Path) -> dict[str, dict]:
     """One multi-view PanSt3R pass over `images` into `out_dir` (labels at each image's size); segments.json."""
-    from panst3r.segment import segment_images
-
-    sc = ctx.cfg.segment
-    segment_images(images, net.model, net.vocab.embeddings.to(ctx.device), net.vocab.names, out_dir,
-                   num_keyframes=sc.keyframes or None, merge=_panst3r_merge(sc.merge), seed=0, size=net.size,
-                   progress=not ctx.quiet and sys.stderr.isatty(), class_ids=net.vocab.class_ids,
-                   write_pointmaps=False)
+    net.segment(images, out_dir, progress=not ctx.quiet, write_pointmaps=False)
     return json.loads((out_dir / "segments.json").read_text())
 
 
@@ -236,8 +206,8 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
         for f in frames:
             inst = read_png(raw / "instance" / f"{Path(f.image).stem}.png").astype(np.int64)
             inst = resize_nearest(np.where(inst > 0, inst + offset, 0), (f.height, f.width))
-            sem, _ = panlift_prediction(inst, {int(k) + offset: int(v["class_id"]) for k, v in segs.items()})
-            write_png(out / "semantics" / f"{f.stem}.png", sem)
+            sem = id_classes(inst, {int(k) + offset: int(v["class_id"]) for k, v in segs.items()})
+            write_png(out / "semantics" / f"{f.stem}.png", sem.astype(np.uint8))
             write_png(out / "instance" / f"{f.stem}.png", inst.astype(np.uint16))
         for k, v in segs.items():
             c = int(v["class_id"])
@@ -259,6 +229,7 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
 
 
 def segment_run(ctx: StageContext, out: Path) -> dict:
+    """semantics/ + instance/ maps with one id per object across views, and segments.json (id -> class)."""
     if ctx.cfg.segment.kind == "panst3r":
         return _run_segment_panst3r(ctx, out)
     return _run_segment_maps(ctx, out)

@@ -1,23 +1,22 @@
-"""Helpers that more than one stage uses: device, progress, class names, prediction maps, cameras, legend."""
+"""Helpers that more than one stage uses: device, progress, class names, cameras, Gaussians, legend, test GT."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..cache import StageContext
-from ..common.classes import PANLIFT_CLASSES, THING_IDS
+from ..common.classes import PANLIFT_CLASSES
 from ..common.io import InputError
+from ..common.progress import progress_bar
 from ..scene import Scene
 
-__all__ = ["resolve_device", "segmenter_can_segment_images", "progress", "class_names", "panlift_prediction",
-           "scene_cameras", "load_gaussians", "legend_classes", "scene_has_test_gt", "headline"]
+__all__ = ["resolve_device", "segmenter_can_segment_images", "progress", "class_names", "scene_cameras",
+           "load_gaussians", "legend_classes", "scene_has_test_gt"]
 
 
 def resolve_device(device: str) -> str:
+    """"auto" -> cuda when torch sees one, else cpu; an explicit cuda without a GPU is a one-line error."""
     import torch
 
     if device == "auto":
@@ -28,31 +27,18 @@ def resolve_device(device: str) -> str:
 
 
 def segmenter_can_segment_images(kind: str) -> bool:
+    """Only a real image segmenter can segment renders (render-then-segment); masks on disk cannot."""
     return kind == "panst3r"
 
 
 def progress(ctx: StageContext, total: int, desc: str):
-    from tqdm import tqdm
-
-    # bars only on a terminal: logs (the table harness, CI) stay free of carriage-return noise
-    return tqdm(total=total, desc=desc, unit="view", leave=False, file=sys.stderr,
-                disable=ctx.quiet or total < 2 or not sys.stderr.isatty())
+    """The one progress bar over a stage's views, silent when the run is quiet."""
+    return progress_bar(total, desc, unit="view", enabled=not ctx.quiet)
 
 
 def class_names() -> dict[int, str]:
+    """{class id: name} of the PanLift vocabulary, for the names written next to ids in segments.json."""
     return {i: n for i, n in enumerate(PANLIFT_CLASSES)}
-
-
-def panlift_prediction(inst: np.ndarray, id_to_class: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Consistent segment ids -> PanLift prediction maps (class per pixel; thing ids, 0 on stuff and void)."""
-    ids = np.asarray(inst, dtype=np.int64)
-    uniq, inv = np.unique(ids, return_inverse=True)
-    cls = np.array([id_to_class.get(int(u), 0) if u > 0 else 0 for u in uniq], dtype=np.int64)[inv].reshape(ids.shape)
-    thing = np.isin(cls, list(THING_IDS))
-    sur = np.where(thing, ids, 0)
-    if sur.max(initial=0) > np.iinfo(np.uint16).max:
-        raise ValueError("instance ids exceed uint16")
-    return cls.astype(np.uint8), sur.astype(np.uint16)
 
 
 def scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
@@ -65,6 +51,7 @@ def scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
 
 
 def load_gaussians(ctx: StageContext):
+    """The splat stage's Gaussians on the run's device, as uplift and render read them."""
     from splat.ply import load_ply
 
     g, _extra = load_ply(ctx.stage_dir("splat") / "gaussians.ply")
@@ -72,15 +59,12 @@ def load_gaussians(ctx: StageContext):
 
 
 def legend_classes(uplift_dir: Path) -> dict[int, int]:
-    """uplift/legend.json -> {instance id: class id}."""
+    """uplift/legend.json -> {instance id: class id}: the classes the uplift settled on, for render and export."""
     legend = json.loads((Path(uplift_dir) / "legend.json").read_text())
     return {int(k): int(v["class_id"]) for k, v in legend["instances"].items()}
 
 
 def scene_has_test_gt(scene: Scene) -> bool:
+    """Evaluation needs GT labels for every test frame; without them it is skipped with a reason."""
     return bool(scene.test) and all(scene.frames[s].semantics is not None and scene.frames[s].instance is not None
                                     for s in scene.test)
-
-
-def headline(m: dict) -> dict:
-    return {k: m.get(k) for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou")}

@@ -7,13 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import StageContext, maybe_kill, scene_geometry_digest, upstream
+from ..cache import StageContext, scene_geometry_digest, upstream
 from ..common.io import read_png
 
-__all__ = ["splat_inputs", "splat_run"]
+__all__ = ["SPLAT_CACHE_EXCLUDE", "splat_inputs", "splat_run"]
+
+# Fields of the splat config that cannot change the trained Gaussians, so changing them must not retrain:
+# the preset's name (its values are resolved into splat.train), logging / evaluation / checkpoint cadence
+# (history.json, test PSNR entries, intermediate ckpt.pt writes; none touches the optimisation or its random
+# state). Device and threads are run settings, not TrainConfig fields: the stage trains on the run's resolved
+# device, which the "device" section keys.
+SPLAT_CACHE_EXCLUDE: tuple[str, ...] = (
+    "splat.preset",
+    "splat.train.log_every",
+    "splat.train.eval_every",
+    "splat.train.checkpoint_every",
+)
 
 
 def splat_inputs(ctx: StageContext) -> dict[str, str]:
+    """Cameras and images of the scene, and the segment maps the panoptic-colour loss fits."""
     return {"scene": scene_geometry_digest(ctx.scene, ctx.hashes),
             "segment": upstream(ctx, "segment", ("instance", "segments.json"))}
 
@@ -24,32 +37,16 @@ def _train_instance_maps(ctx: StageContext) -> dict[str, np.ndarray]:
 
 
 def splat_run(ctx: StageContext, out: Path) -> dict:
+    """Train on the run's device; gaussians.ply, ckpt.pt, history.json land in `out`."""
     from splat.train import train
 
     cfg = dataclasses.replace(ctx.cfg.splat.train)
-    if hasattr(cfg, "device"):
-        cfg = dataclasses.replace(cfg, device=ctx.device)
-    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None,
-                   **({"kill_hook": lambda: maybe_kill("splat", "middle")} if _accepts(train, "kill_hook") else {}))
-    maybe_kill("splat", "middle")
-    return _splat_info(result, out)
+    result = train(ctx.scene, cfg, instance_maps=_train_instance_maps(ctx), out_dir=out, resume=None, device=ctx.device)
+    return _splat_info(result)
 
 
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _splat_info(result, out: Path) -> dict:
-    info: dict = {}
-    for key in ("num_gaussians", "psnr", "test_psnr", "steps"):
-        v = getattr(result, key, None) if not isinstance(result, dict) else result.get(key)
-        if v is not None:
-            info[key] = float(v) if isinstance(v, float) else v
-    if "test_psnr" in info and "psnr" not in info:
-        info["psnr"] = info.pop("test_psnr")
+def _splat_info(result) -> dict:
+    info: dict = {"num_gaussians": int(result.num_gaussians), "steps": int(result.steps)}
+    if result.test_psnr is not None:
+        info["psnr"] = float(result.test_psnr)
     return info

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import StageContext, maybe_kill, scene_geometry_digest, upstream
+from ..cache import StageContext, scene_geometry_digest, upstream
 from ..common.classes import PANLIFT_CLASSES
 from ..common.io import read_png
 from ..common.labels import resize_nearest
@@ -18,12 +17,14 @@ __all__ = ["uplift_inputs", "uplift_run", "render_inputs", "render_run"]
 
 
 def uplift_inputs(ctx: StageContext) -> dict[str, str]:
+    """The trained Gaussians, the segment maps that vote, and the cameras they are seen through."""
     return {"splat": upstream(ctx, "splat", ("gaussians.ply",)),
             "segment": upstream(ctx, "segment", ("instance", "segments.json")),
             "scene": scene_geometry_digest(ctx.scene, ctx.hashes)}
 
 
 def uplift_run(ctx: StageContext, out: Path) -> dict:
+    """LUDVIG-average the train views' instance ids onto the Gaussians; uplift.npz, labelled.ply, legend.json."""
     from uplift.export import export_labelled
     from uplift.ludvig import instance_classes, uplift
 
@@ -40,8 +41,7 @@ def uplift_run(ctx: StageContext, out: Path) -> dict:
         classes.append(resize_nearest(sem, (H, W)))
     gaussians = load_gaussians(ctx)
     result = uplift(gaussians, cams, maps, ignore_label=uc.ignore_label, chunk_channels=uc.chunk, topk=uc.top_k,
-                    progress=not ctx.quiet and sys.stderr.isatty())
-    maybe_kill("uplift", "middle")
+                    progress=not ctx.quiet)
     result.save(out / "uplift.npz")
     segments = json.loads((seg / "segments.json").read_text())
     id_to_class = instance_classes(maps, classes, segments=segments, ignore_label=uc.ignore_label)
@@ -53,6 +53,7 @@ def uplift_run(ctx: StageContext, out: Path) -> dict:
 
 
 def render_inputs(ctx: StageContext) -> dict[str, str]:
+    """The Gaussians, their uplifted labels and legend, and the poses rendered at."""
     return {"splat": upstream(ctx, "splat", ("gaussians.ply",)),
             "uplift": upstream(ctx, "uplift", ("uplift.npz", "legend.json")),
             "scene": scene_geometry_digest(ctx.scene, ctx.hashes)}
@@ -68,6 +69,7 @@ def _render_stems(ctx: StageContext) -> list[str]:
 
 
 def render_run(ctx: StageContext, out: Path) -> dict:
+    """Prediction PNGs and RGB at the render poses, one view at a time, and the test-view PSNR."""
     from uplift.ludvig import UpliftResult
     from uplift.render import render_panoptic, write_predictions
 
@@ -93,8 +95,6 @@ def render_run(ctx: StageContext, out: Path) -> dict:
                 mse = float(np.mean((np.clip(rgb[0], 0, 1) - gt) ** 2))
                 psnrs.append(10 * np.log10(1.0 / max(mse, 1e-12)))
             bar.update(1)
-            if s == stems[len(stems) // 2]:
-                maybe_kill("render", "middle")
     if psnrs:
         info["psnr"] = float(np.mean(psnrs))
     return info

@@ -48,7 +48,7 @@ def test_energy_formula_by_hand():
 
 
 def test_lambda_breaks_ties_toward_fewer_masks():
-    """Two identical masks: selecting both gains nothing over one (spec §4.2), λ makes one strictly better."""
+    """Two identical masks: selecting both gains nothing over one, λ makes one strictly better."""
     a, o = 0.4, 0.4
     Q = np.array([[-a, o], [o, -a]])
     x = qubo.solve(Q, 1e-3, seed=0, num_iters=500, num_redo=4)

@@ -163,7 +163,7 @@ def test_segment_args_parse_with_tyro(tmp_path):
 
     a = tyro.cli(SegmentArgs, args=["--images", str(tmp_path), "--checkpoint", "c.pth", "--out", "o",
                                     "--merge", "qubo", "--keyframes", "4", "--keyframe-method", "fps"])
-    assert a.merge == "qubo" and a.keyframes == 4 and a.keyframe_method == "fps" and a.classes == "panlift"
+    assert a.merge == "qubo" and a.keyframes == 4 and a.keyframe_method == "fps" and a.vocabulary == "panlift"
 
 
 def test_segment_command_end_to_end(tmp_path):
@@ -187,7 +187,7 @@ def test_segment_command_end_to_end(tmp_path):
     segs = json.loads((out / "segments.json").read_text())
     from pipeline.common.classes import PANLIFT_CLASSES
 
-    for v in segs.values():  # --classes panlift: class ids are PanLift ids
+    for v in segs.values():  # --vocabulary panlift: class ids are PanLift ids
         assert PANLIFT_CLASSES[v["class_id"]] == v["class_name"]
     for i in range(3):
         inst = read_png(out / "instance" / f"view{i}.png")

@@ -85,6 +85,32 @@ def test_run_help_lists_fields_with_docstrings():
     assert "Instance id whose pixels cast no vote" in out  # a per-field docstring reached --help
 
 
+_HELP_WITHOUT_TORCH = """
+import contextlib, io, sys
+from pipeline.cli import main
+for cmd in CMDS:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(cmd + ["--help"])
+        except SystemExit as e:
+            assert e.code in (0, None), (cmd, e.code)
+    assert "usage" in out.getvalue().lower(), (cmd, out.getvalue()[:200])
+    assert "torch" not in sys.modules, (cmd, "imported torch")
+print("help ok", len(CMDS))
+"""
+
+
+def test_help_does_not_import_torch():
+    """`--help` of the CLI and of every subcommand renders without importing torch (it stays fast)."""
+    cmds = [[], *[[sub] for sub in ("synth", "eval", "segment", "doctor", "run", "demo", "view", "export", "table")],
+            ["run", str(DEMO)]]
+    code = _HELP_WITHOUT_TORCH.replace("CMDS", repr(cmds))
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PIPELINE_DEBUG": ""})
+    assert p.returncode == 0 and f"help ok {len(cmds)}" in p.stdout, p.stdout + p.stderr
+
+
 def test_doctor_runs():
     p = cli("doctor")
     assert p.returncode == 0, p.stderr

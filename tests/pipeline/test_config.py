@@ -13,43 +13,68 @@ from pipeline.config import (
     config_to_dict,
     load_config,
     parse_run_args,
-    section_hash,
     write_config,
 )
 from pipeline.common.io import InputError
-from splat.train import PRESETS, TrainConfig
+from splat.config import PRESETS, TrainConfig
 
 
-def _int_field() -> str:
-    """Some integer field of TrainConfig to override (keeps the test independent of the trainer's names)."""
-    import typing
-
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if hints[f.name] is int:
-            return f.name
-    pytest.skip("TrainConfig has no int field")
-
-
-def _preset(name):
-    p = PRESETS[name]
-    return p if dataclasses.is_dataclass(p) else TrainConfig(**p)
-
-
-def test_shipped_configs_load():
-    names = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml") if p.name != "panlift.yaml")
-    assert {"demo.yaml", "gpu_paper.yaml", "panlift_scannet.yaml", "panlift_replica.yaml", "panlift_hypersim.yaml"} <= set(names)
-    for n in names:
-        cfg = load_config(CONFIGS_DIR / n)
-        assert isinstance(cfg, RunConfig)
+def test_shipped_configs_resolve_their_presets():
+    """Every shipped run config loads, and what it asks for takes effect over the defaults."""
+    names = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml") if p.name != "panlift.yaml")  # panlift.yaml: the table
+    assert names == ["demo.yaml", "gpu_paper.yaml", "panlift_scene.yaml"]
+    defaults = RunConfig()
     demo = load_config(CONFIGS_DIR / "demo.yaml")
-    assert demo.segment.kind == "simulated" and demo.device == "cpu"
-    for n in ("panlift_scannet.yaml", "panlift_replica.yaml", "panlift_hypersim.yaml"):
-        assert load_config(CONFIGS_DIR / n).segment.kind == "panst3r"
+    # the demo preset is the CPU schedule: far fewer steps than TrainConfig's 3DGS default, lower SH degree
+    assert demo.splat.preset == "demo" and demo.splat.train == PRESETS["demo"]
+    assert demo.splat.train.iterations == 800 < TrainConfig().iterations and demo.splat.train.sh_degree == 1
+    assert demo.device == "cpu" != defaults.device
+    scene = load_config(CONFIGS_DIR / "panlift_scene.yaml")
+    assert scene.segment.kind == "panst3r" != defaults.segment.kind
+    assert scene.segment.merge == "qubo" != defaults.segment.merge  # the paper's merge, not upstream's default
+    assert scene.splat.train == TrainConfig() and scene.splat.train != demo.splat.train
+    paper = load_config(CONFIGS_DIR / "gpu_paper.yaml")
+    assert paper.device == "cuda" and paper.splat.train.iterations == 30_000
+
+
+def test_benchmark_table_runs_one_scene_config_for_every_dataset():
+    """configs/panlift.yaml (the table) points every dataset at the one PanLift scene config, which loads."""
+    spec = yaml.safe_load((CONFIGS_DIR / "panlift.yaml").read_text())
+    paths = {name: ds["config"] for name, ds in spec["datasets"].items()}
+    assert set(paths) == {"hypersim", "replica", "scannet"} and set(paths.values()) == {"configs/panlift_scene.yaml"}
+    cfg = load_config(CONFIGS_DIR.parent / "configs/panlift_scene.yaml")
+    assert cfg.segment.kind == "panst3r" and cfg.splat.preset == "paper"
+
+
+def test_presets_are_distinct_and_device_threads_are_run_settings():
+    """One name per preset (no aliases), and device/threads exist once: in the run config, not in TrainConfig."""
+    assert sorted(PRESETS) == ["demo", "demo_fast", "paper", "tiny"]
+    configs = list(PRESETS.values())
+    assert all(a != b for i, a in enumerate(configs) for b in configs[i + 1:])
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not {"device", "threads"} & train_fields
+    assert {"device", "threads"} <= {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def test_segment_stage_and_command_share_one_config():
+    """The segment stage's section extends the segment command's PanSt3R config: same fields, same defaults."""
+    from panst3r.config import SegmentArgs, SegmenterConfig
+    from pipeline.config import SegmentSection
+
+    shared = [f.name for f in dataclasses.fields(SegmenterConfig)]
+    assert {"checkpoint", "vocabulary", "text_embeddings", "keyframes", "merge", "seed", "size"} <= set(shared)
+    section, args = SegmentSection(), SegmentArgs(images="i", out="o")
+    for name in shared:
+        assert getattr(section, name) == getattr(args, name) == getattr(SegmenterConfig(), name), name
+    assert section.merge == "standard_v2" and section.keyframes is None
+    # the paper config asks for the QUBO merge; a panst3r run on it keeps that unless overridden
+    cfg = parse_run_args(CONFIGS_DIR / "gpu_paper.yaml", ["--segment.kind", "panst3r"])
+    assert cfg.segment.merge == "qubo"
+    assert parse_run_args(CONFIGS_DIR / "gpu_paper.yaml", ["--segment.merge", "standard_v1"]).segment.merge == "standard_v1"
 
 
 def test_round_trip_with_overrides(tmp_path):
-    field = _int_field()
+    field = "iterations"
     cfg = parse_run_args(CONFIGS_DIR / "demo.yaml", [
         "--scene.path", str(tmp_path / "scene"), "--segment.kind", "precomputed", "--segment.path", str(tmp_path / "m"),
         "--uplift.top-k", "17", "--render.scale", "0.5", "--render-then-segment", "off",
@@ -72,27 +97,22 @@ def test_round_trip_with_overrides(tmp_path):
 
 
 def test_splat_preset_then_yaml_then_cli(tmp_path):
-    field = _int_field()
-    names = sorted(PRESETS)
-    a, b = names[0], names[-1]
+    field = "refine_every"
+    a, b = "demo", "tiny"
+    assert PRESETS[a].refine_every != PRESETS[b].refine_every  # so the override below is visible
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"splat": {"preset": a, "train": {field: 123}}}))
     cfg = load_config(p)
     assert cfg.splat.preset == a
-    assert cfg.splat.train == dataclasses.replace(_preset(a), **{field: 123})
+    assert cfg.splat.train == dataclasses.replace(PRESETS[a], **{field: 123})
+    assert cfg.splat.train.iterations == 800  # everything else from the preset
     # a preset given on the command line is resolved first; the YAML's field overrides still apply on top
     cfg = parse_run_args(p, ["--splat.preset", b])
     assert cfg.splat.preset == b
-    assert cfg.splat.train == dataclasses.replace(_preset(b), **{field: 123})
+    assert cfg.splat.train == dataclasses.replace(PRESETS[b], **{field: 123})
+    assert cfg.splat.train.iterations == 60
     cfg = parse_run_args(p, [f"--splat.train.{field}", "7"])
     assert getattr(cfg.splat.train, field) == 7
-
-
-def test_section_hash_tracks_only_named_sections():
-    cfg = load_config(CONFIGS_DIR / "demo.yaml")
-    changed = dataclasses.replace(cfg, uplift=dataclasses.replace(cfg.uplift, chunk=cfg.uplift.chunk + 1))
-    assert section_hash(cfg, ("segment",)) == section_hash(changed, ("segment",))
-    assert section_hash(cfg, ("uplift",)) != section_hash(changed, ("uplift",))
 
 
 @pytest.mark.parametrize("doc, needle", [

@@ -258,7 +258,7 @@ def test_miou_ignores_gt_void_and_out_of_range_predictions():
 
 
 def reference_pq(P, G, things, stuff):
-    """Direct transcription of the §2.2 pseudo-code with dicts and Python loops (slow, obviously right)."""
+    """Direct transcription of the benchmark's PQ pseudo-code with dicts and Python loops (slow, obviously right)."""
     M = len(P)
     P = [tuple(x) for x in P.tolist()]
     G = [tuple(x) for x in G.tolist()]

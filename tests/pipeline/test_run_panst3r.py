@@ -52,9 +52,9 @@ def files(tmp_path_factory):
 
 
 def panst3r_args(files, run_dir):
-    # standard merge (= standard_v2): with these embeddings the random network gives a thing and a stuff segment
+    # standard_v2 merge: with these embeddings the random network gives a thing and a stuff segment
     return ("--scene.path", str(files["scene"]), "--segment.kind", "panst3r", "--segment.checkpoint", str(files["ckpt"]),
-            "--segment.vocabulary", str(files["vocab"]), "--segment.merge", "standard", "--splat.preset", "tiny",
+            "--segment.vocabulary", str(files["vocab"]), "--segment.merge", "standard_v2", "--splat.preset", "tiny",
             "--output.dir", str(run_dir))
 
 

@@ -1,10 +1,17 @@
 """splat.train / splat.gaussians / splat.ply on the tiny synthetic scene: learning, the panoptic regulariser's
-gradients, determinism, checkpoint resume, densification, the MCMC relocation formula and the 3DGS PLY layout."""
+gradients, determinism, resume after a SIGKILL, densification through the trainer, the scene protocol and the 3DGS
+PLY layout. The strategies on their own: test_strategy.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +19,11 @@ import torch
 
 from pipeline.common.io import InputError
 from pipeline.common.labels import gt_panoptic_ids
+from pipeline.common.protocols import PosedFrame, SplatScene
 from splat.gaussians import PARAM_NAMES, init_gaussians, knn_scales, points_for_scene, read_points_ply
 from splat.ply import load_ply, save_ply, standard_field_names
-from splat.train import (PRESETS, TrainConfig, _cap_gaussians, _instance_targets, _make_optimizers,
-                         _mcmc_relocation_torch, _pan_loss, _render_views, evaluate_psnr, train)
+from splat.checkpoint import config_dict, load_checkpoint
+from splat.train import PRESETS, TrainConfig, _instance_targets, _pan_loss, _render_views, evaluate_psnr, train
 from splat.render import Cameras
 
 
@@ -41,7 +49,7 @@ def tiny(tmp_path_factory):
 
 def _cfg(**kw) -> TrainConfig:
     """The tiny preset, single-threaded (bit-reproducible), no densification unless asked."""
-    base = dict(iterations=30, refine_start=10_000, refine_stop=10_000, threads=1, init_points=1500, log_every=1)
+    base = dict(iterations=30, refine_start=10_000, refine_stop=10_000, init_points=1500, log_every=1)
     return dataclasses.replace(PRESETS["tiny"], **{**base, **kw})
 
 
@@ -165,23 +173,47 @@ def test_two_runs_are_identical(tiny):
     assert not torch.equal(a.gaussians["means"][:100], c.gaussians["means"][:100])
 
 
-class _Killed(Exception):
-    pass
+# the killed run: a separate process, trained exactly as in-process, SIGKILLed from outside
+_CHILD = """
+import json, sys
+from pipeline.common.labels import gt_panoptic_ids
+from pipeline.scene import load_scene
+from splat.train import TrainConfig, train
+scene = load_scene(sys.argv[1])
+maps = {s: gt_panoptic_ids(scene.load_semantics(s), scene.load_instance(s))[0] for s in scene.train}
+train(scene, TrainConfig(**json.loads(sys.argv[2])), instance_maps=maps, out_dir=sys.argv[3], progress=False)
+"""
 
 
-def _kill():
-    raise _Killed()
+def _train_and_sigkill(scene, cfg: TrainConfig, out: Path) -> int:
+    """Train in a subprocess, SIGKILL it as soon as its first checkpoint exists; the checkpoint's step."""
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(scene.root), json.dumps(config_dict(cfg)), str(out)],
+                            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (out / "ckpt.pt").is_file():
+            if proc.poll() is not None:
+                pytest.fail(f"the training process ended before its first checkpoint: {proc.stderr.read()[-2000:]}")
+            if time.time() > deadline:
+                pytest.fail("no checkpoint within 300 s")
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return int(load_checkpoint(out / "ckpt.pt")["step"])
 
 
-def test_resume_equals_uninterrupted(tiny, tmp_path):
+def test_resume_after_sigkill_equals_uninterrupted(tiny, tmp_path):
     scene, maps = tiny
-    cfg = _cfg(iterations=40, checkpoint_every=0, **_DENSIFY)
+    cfg = _cfg(iterations=40, checkpoint_every=5, **_DENSIFY)
     ref = train(scene, cfg, instance_maps=maps, out_dir=tmp_path / "ref", progress=False)
-    with pytest.raises(_Killed):  # dies right after the halfway checkpoint (step 20)
-        train(scene, cfg, instance_maps=maps, out_dir=tmp_path / "run", progress=False, kill_hook=_kill)
-    assert (tmp_path / "run" / "ckpt.pt").is_file() and not (tmp_path / "run" / "gaussians.ply").exists()
+    killed_at = _train_and_sigkill(scene, cfg, tmp_path / "run")
+    assert 0 < killed_at < 40 and killed_at % 5 == 0
+    assert not (tmp_path / "run" / "gaussians.ply").exists()  # it died mid-run
     res = train(scene, cfg, instance_maps=maps, out_dir=tmp_path / "run", progress=False)
-    assert res.resumed_from == 20
+    assert res.resumed_from == killed_at
     for k in PARAM_NAMES:
         assert torch.equal(ref.gaussians[k], res.gaussians[k]), k
     assert [e["loss"] for e in res.history] == [e["loss"] for e in ref.history]
@@ -209,15 +241,10 @@ def test_corrupt_checkpoint_is_an_input_error(tiny, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _check_aligned(g, optimizers=None):
+def _check_aligned(g):
     n = len(g["means"])
     for k in PARAM_NAMES:
         assert g[k].shape[0] == n, (k, g[k].shape)
-    if optimizers:
-        for k, o in optimizers.items():
-            for v in o.state[g[k]].values():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    assert v.shape == g[k].shape, (k, v.shape)
 
 
 def test_default_strategy_grows_and_keeps_attributes_aligned(tiny):
@@ -248,36 +275,70 @@ def test_mcmc_strategy_on_cpu(tiny):
     _check_aligned(res.gaussians)
 
 
-def test_cap_prunes_lowest_opacity():
-    g = init_gaussians(np.random.default_rng(0).random((20, 3)), None, sh_degree=1)
-    with torch.no_grad():
-        g["opacities"].copy_(torch.arange(20.0))
-    opt = _make_optimizers(g, TrainConfig(), 1.0)
-    state = {"grad2d": torch.arange(20.0), "count": torch.ones(20)}
-    assert _cap_gaussians(g, opt, state, 15) == 5
-    assert torch.equal(g["opacities"].detach(), torch.arange(5.0, 20.0))
-    assert torch.equal(state["grad2d"], torch.arange(5.0, 20.0))
-    _check_aligned(g, opt)
+# ---------------------------------------------------------------------------------------------------------
+# what train reads from a scene: the SplatScene protocol, nothing else
+# ---------------------------------------------------------------------------------------------------------
 
 
-def test_mcmc_relocation_matches_hand_computed():
-    from gsplat.strategy import MCMCStrategy
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    stem: str
+    K: np.ndarray
+    c2w: np.ndarray
+    width: int
+    height: int
+    depth: Path | None
 
-    binoms = MCMCStrategy().initialize_state()["binoms"]
-    o = torch.tensor([0.3, 0.3, 0.8])
-    s = torch.tensor([[1.0, 2.0, 3.0]] * 3)
-    n = torch.tensor([1, 2, 3])
-    new_o, new_s = _mcmc_relocation_torch(o, s, n, binoms)
-    # n = 1: unchanged
-    assert new_o[0] == pytest.approx(0.3) and torch.allclose(new_s[0], s[0])
-    # n = 2: o' = 1 - sqrt(1 - o); denominator = o' + (o' - o'^2/sqrt 2)
-    op = 1 - math.sqrt(0.7)
-    assert new_o[1] == pytest.approx(op, rel=1e-6)
-    assert torch.allclose(new_s[1], s[1] * 0.3 / (2 * op - op ** 2 / math.sqrt(2)), rtol=1e-5)
-    # n = 3: 1 + (1 - x/√2) + (1 - 2x/√2 + x²/√3) terms, each times x = o'
-    x = 1 - 0.2 ** (1 / 3)
-    den = x + (x - x * x / math.sqrt(2)) + (x - 2 * x * x / math.sqrt(2) + x ** 3 / math.sqrt(3))
-    assert torch.allclose(new_s[2], s[2] * 0.8 / den, rtol=1e-5)
+
+class _MinimalScene:
+    """Exactly the members SplatScene declares, over arrays held in memory (no pipeline.scene behind it)."""
+
+    def __init__(self, scene):
+        self.root = Path("in-memory")
+        self.train, self.test, self.points = list(scene.train), list(scene.test), scene.points
+        self._frames = {s: _Frame(s, f.K, f.c2w, f.width, f.height, f.depth) for s, f in scene.frames.items()}
+        self._rgb = {s: scene.load_rgb(s) for s in scene.frames}
+        self._depth = {s: scene.load_depth(s) for s in scene.frames}
+
+    @property
+    def train_frames(self):
+        return [self._frames[s] for s in self.train]
+
+    def frame(self, stem):
+        return self._frames[stem]
+
+    def load_rgb(self, stem):
+        return self._rgb[stem]
+
+    def load_depth(self, stem):
+        return self._depth[stem]
+
+
+def test_train_needs_only_the_scene_protocol(tiny):
+    scene, maps = tiny
+    scene = dataclasses.replace(scene, points=None)  # initial points from depth: every protocol member is read
+    mini = _MinimalScene(scene)
+    assert isinstance(scene, SplatScene) and isinstance(mini, SplatScene) and not isinstance(maps, SplatScene)
+    assert all(isinstance(f, PosedFrame) for f in scene.frames.values())
+    cfg = _cfg(iterations=4)
+    a = train(scene, cfg, instance_maps=maps, progress=False)
+    b = train(mini, cfg, instance_maps=maps, progress=False)
+    assert a.init_source == b.init_source == "depth"
+    for k in PARAM_NAMES:
+        assert torch.equal(a.gaussians[k], b.gaussians[k]), k
+    assert a.test_psnr == b.test_psnr
+
+
+def test_train_leaves_the_thread_count_to_its_caller(tiny):
+    """Threads are set once per run by the pipeline (torch_threads); the trainer never changes them."""
+    scene, maps = tiny
+    assert torch.get_num_threads() == 1  # the module fixture
+    no_test = dataclasses.replace(scene, test=[])
+    res = train(no_test, _cfg(iterations=0), instance_maps=maps, progress=False)
+    assert res.steps == 0 and res.test_psnr is None and torch.get_num_threads() == 1
+    with pytest.raises(InputError, match="instance maps missing"):
+        train(no_test, _cfg(iterations=0), instance_maps={}, progress=False)
+    assert torch.get_num_threads() == 1
 
 
 # ---------------------------------------------------------------------------------------------------------
