@@ -172,14 +172,15 @@ def panoptic_standard(pred_logits: torch.Tensor, pred_masks: Sequence[torch.Tens
 
 @torch.no_grad()
 def panoptic_qubo(pred_logits: torch.Tensor, pred_masks: Sequence[torch.Tensor], true_shape: tuple[int, int], *,
-                  seed: int = 0, num_redo: int = 20, prob_threshold: float = 0.01, penalty: float = 1.0,
-                  cutoff: float = 0.0, lambda_reg: float = 1e-3, backend: str = "auto", **schedule) -> PanopticResult:
-    """QUBO merge (official `panoptic_inference_qubo`) with a seeded annealer.
+                  seed: int = 0, prob_threshold: float = 0.01, penalty: float = 1.0, cutoff: float = 0.0,
+                  lambda_reg: float = 1e-3, backend: str = "auto", **solver) -> PanopticResult:
+    """QUBO merge (official `panoptic_inference_qubo`); the selection comes from the seeded `qubo.solve`.
 
     All queries are candidates (no class pre-filter). The selected masks split every pixel by their soft
     probability (argmax, ties -> lowest query); an owner whose cls_prob · mean winning probability is below
     prob_threshold leaves its pixels void. `conf` is the max selected probability, void pixels included.
     Segments carry the ORIGINAL query index as query_id (query_id_in_selection is the official field).
+    solver: options of `qubo.solve` (num_starts, num_redo, num_iters, t0, t_end, insert_passes).
     """
     _check_inputs(pred_logits, pred_masks)
     hw = (int(true_shape[0]), int(true_shape[1]))
@@ -189,7 +190,7 @@ def panoptic_qubo(pred_logits: torch.Tensor, pred_masks: Sequence[torch.Tensor],
             yield upsample_probs(masks_v, hw)  # [Q, H, W], one view at a time
 
     Q = _qubo.build_qubo(views(), penalty=penalty, cutoff=cutoff, pad_hw=hw)
-    x = _qubo.solve(Q, lambda_reg=lambda_reg, seed=seed, num_redo=num_redo, backend=backend, **schedule)
+    x = _qubo.solve(Q, lambda_reg=lambda_reg, seed=seed, backend=backend, **solver)
     sel = torch.from_numpy(np.flatnonzero(x))  # [S] original query indices
     res = PanopticResult()
     if sel.numel() == 0:  # the official code crashes here; we return all void

@@ -24,10 +24,10 @@ from tyro.conf import Positional
 from panst3r.config import SegmentArgs
 
 from .common.io import InputError
+from .executors import ExecutorArgs
 
 __all__ = ["main", "run_command", "demo_command"]
 
-STAGE_NAMES = ("segment", "splat", "uplift", "render", "evaluate", "render_then_segment")
 _RUN_PROG = "python -m pipeline run CONFIG.yaml"
 
 
@@ -38,7 +38,9 @@ def _take_flag(args: list[str], flag: str) -> tuple[str | None, list[str]]:
         a = args[i]
         if a == flag:
             if i + 1 >= len(args):
-                raise InputError(f"{flag} needs a value: one of {', '.join(STAGE_NAMES)}")
+                from .stages import STAGE_ORDER
+
+                raise InputError(f"{flag} needs a value: one of {', '.join(STAGE_ORDER)}")
             value = args[i + 1]
             i += 2
             continue
@@ -64,8 +66,6 @@ def run_command(args: list[str], quiet: bool = False):
     config, rest = args[0], args[1:]
     if config.startswith("-"):
         raise InputError(f"run needs the config file first, got {config!r}: python -m pipeline run CONFIG.yaml [overrides]")
-    if from_stage is not None and from_stage not in STAGE_NAMES:
-        raise InputError(f"--from {from_stage!r} is not a stage; use one of {', '.join(STAGE_NAMES)}")
     cfg = parse_run_args(config, rest, prog=_RUN_PROG)  # exits on --help, before torch is imported
     from .run import run_pipeline
 
@@ -111,8 +111,7 @@ def eval(scene: Path, pred: Path, json: Optional[Path] = None) -> None:  # noqa:
     eval_command(scene, pred, json)
 
 
-def run(config: Positional[Path], from_: Optional[Literal["segment", "splat", "uplift", "render", "evaluate",
-                                                          "render_then_segment"]] = None) -> None:
+def run(config: Positional[Path], from_: Optional[str] = None) -> None:
     """Run the staged pipeline (segment -> splat -> uplift -> render -> evaluate) described by CONFIG.yaml.
 
     Any field of the config can be overridden: `--scene.path DIR --segment.kind simulated --output.dir DIR
@@ -121,7 +120,7 @@ def run(config: Positional[Path], from_: Optional[Literal["segment", "splat", "u
 
     Args:
         config: YAML run config (see configs/).
-        from_: Recompute from this stage on, even if its manifest matches.
+        from_: Recompute from this stage on (a stage name: segment, splat, ...), even if its manifest matches.
     """
     raise AssertionError("`run` is dispatched before tyro")  # pragma: no cover
 
@@ -197,18 +196,35 @@ def export(run_dir: Positional[Path], out: Optional[Path] = None, per_instance: 
     export_run(run_dir, out, per_instance=per_instance, topk=topk)
 
 
-def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None, workers: int = 2) -> None:
+def table(config: Positional[Path], data_root: Path, out: Optional[Path] = None,
+          run: typing.Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
     """Run every PanLift benchmark scene found under DATA_ROOT and print ours next to the published table.
+
+    Each scene is one `pipeline run` (locally or as a Ray task), retried once if it fails; complete runs are
+    skipped, so the same command resumes after a crash.
 
     Args:
         config: Benchmark config (configs/panlift.yaml).
         data_root: Folder with <dataset>/<scene>/ in the PanLift layout.
-        out: Output folder (default runs/panlift_table).
-        workers: Scenes run in parallel (each as its own `pipeline run` process).
+        out: Output folder (default runs/panlift_table): new, empty, or an earlier table's.
     """
     from .table import table_command
 
-    table_command(config, data_root, out=out, workers=workers)
+    table_command(config, data_root, out=out, run=run)
+
+
+def sweep(spec: Positional[Path], data_root: Optional[Path] = None, out: Optional[Path] = None,
+          run: typing.Annotated[ExecutorArgs, tyro.conf.arg(name="")] = ExecutorArgs()) -> None:
+    """Run a grid or list of config settings x benchmark scenes; one table (a column per varied field) and a plot.
+
+    Args:
+        spec: Sweep file (configs/sweep_ablation.yaml).
+        data_root: Folder with <dataset>/<scene>/ (default: the sweep file's data_root).
+        out: Output folder (default: the sweep file's out): new, empty, or an earlier sweep's.
+    """
+    from .sweep import sweep_command
+
+    sweep_command(spec, data_root=data_root, out=out, run=run)
 
 
 def segment(args: typing.Annotated[SegmentArgs, tyro.conf.arg(name="")]) -> None:
@@ -232,6 +248,7 @@ def _subcommands() -> dict:
         "view": view,
         "export": export,
         "table": table,
+        "sweep": sweep,
     }
 
 

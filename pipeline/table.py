@@ -1,25 +1,23 @@
 """The PanLift-table harness: run every benchmark scene found, print ours next to the published rows.
 
-Each scene runs as its own `python -m pipeline run` subprocess (a crash or OOM in one scene cannot take
-the others down, and the run directories stay resumable), several at once on a local process pool.
+Each scene runs as its own `python -m pipeline run` process, on a local pool or as Ray tasks
+(`pipeline.executors`: retries, resume, thread limits); the rows are gathered into table.md/json/png.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from .common.io import InputError, atomic_path, read_document, write_json
+from .common.io import InputError, atomic_path, read_document, read_json_if_present, write_json
+from .executors import ExecutorArgs, RunSpec, execute
 from .metrics import format_pct
 
-__all__ = ["BenchmarkScene", "load_benchmark", "run_scene", "aggregate", "format_markdown", "plot_bars", "table_command"]
+__all__ = ["BenchmarkScene", "load_benchmark", "benchmark_from_spec", "scene_specs", "claim_output_dir", "aggregate", "format_markdown",
+           "plot_bars", "run_summary", "table_command"]
+
+_MARKER = ".pipeline-output.json"
 
 
 @dataclass(frozen=True)
@@ -35,8 +33,13 @@ def load_benchmark(config: Path, data_root: Path) -> tuple[list[BenchmarkScene],
     """Read the table config; return (scenes found, published rows, one line per missing scene)."""
     config = Path(config)
     spec = read_document(config, "table config not found; see configs/panlift.yaml")
+    return benchmark_from_spec(spec, str(config), config.parent, data_root)
+
+
+def benchmark_from_spec(spec, where: str, base_dir: Path, data_root: Path) -> tuple[list[BenchmarkScene], dict, list[str]]:
+    """`load_benchmark` on an already-read mapping (a sweep file may hold its benchmark inline)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), dict):
-        raise InputError(f"{config}: needs a 'datasets:' mapping (see configs/panlift.yaml)")
+        raise InputError(f"{where}: needs a 'datasets:' mapping (see configs/panlift.yaml)")
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise InputError(f"{data_root}: data root does not exist; pass --data-root DIR holding <dataset>/<scene>/ folders")
@@ -44,7 +47,7 @@ def load_benchmark(config: Path, data_root: Path) -> tuple[list[BenchmarkScene],
     for name, ds in spec["datasets"].items():
         cfg = Path(ds.get("config", ""))
         if not cfg.is_absolute() and not cfg.exists():  # relative to the working dir, else to the table config
-            cfg = config.parent / cfg
+            cfg = Path(base_dir) / cfg
         for sc in ds.get("scenes", []):
             sid = str(sc["id"] if isinstance(sc, dict) else sc)
             p = data_root / ds.get("folder", name) / sid
@@ -55,24 +58,32 @@ def load_benchmark(config: Path, data_root: Path) -> tuple[list[BenchmarkScene],
     return found, spec.get("published", {}) or {}, missing
 
 
-def run_scene(scene: BenchmarkScene, out_root: Path, extra_args: list[str] | None = None) -> dict:
-    """Run the pipeline on one scene in a subprocess; return its metrics (or an error record)."""
-    run_dir = out_root / scene.dataset / scene.scene_id
-    cmd = [sys.executable, "-m", "pipeline", "run", str(scene.config), "--scene.path", str(scene.path),
-           "--output.dir", str(run_dir), *(extra_args or [])]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"{scene.scene_id}.log"
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    metrics_path = run_dir / "metrics.json"
-    if proc.returncode != 0 or not metrics_path.is_file():
-        tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
-        return {"dataset": scene.dataset, "scene": scene.scene_id, "error": f"exit {proc.returncode}: {tail[0]} (log: {log})"}
-    m = json.loads(metrics_path.read_text())
-    up = m.get("uplift") or {}
-    return {"dataset": scene.dataset, "scene": scene.scene_id, "unconfirmed": scene.unconfirmed,
-            "pq": up.get("pq"), "sq": up.get("sq"), "rq": up.get("rq"), "miou": up.get("miou"),
-            "segmenter_pq": (m.get("segmenter_on_test") or {}).get("pq"), "psnr": m.get("psnr")}
+def scene_specs(scenes: list[BenchmarkScene], out_root: Path, extra_args: list[str] | None = None,
+                setting: str | None = None) -> list[RunSpec]:
+    """One run per scene: OUT_ROOT/<dataset>/<scene>/ with its log next to it (absolute paths: Ray workers
+    run elsewhere)."""
+    out_root = Path(out_root).resolve()
+    label = (("setting", setting),) if setting is not None else ()
+    return [RunSpec(label=label + (("dataset", s.dataset), ("scene", s.scene_id)), config=Path(s.config).resolve(),
+                    scene_path=Path(s.path).resolve(), run_dir=out_root / s.dataset / s.scene_id,
+                    log=out_root / s.dataset / f"{s.scene_id}.log", args=tuple(extra_args or ()))
+            for s in scenes]
+
+
+def claim_output_dir(out: Path, kind: str) -> Path:
+    """Make OUT ours: new, empty, or written by an earlier `pipeline KIND` (a marker file says so); anything
+    else is refused before a single file is written, so nothing the tool did not create is touched."""
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; pass --out DIR, a new or empty folder")
+    marker = read_json_if_present(out / _MARKER) if out.is_dir() else None
+    if out.is_dir() and any(out.iterdir()) and (marker or {}).get("kind") != kind:
+        raise InputError(f"{out}: exists, is not empty and was not written by `pipeline {kind}`; pass a new or empty "
+                         "--out DIR (nothing there was changed)")
+    out.mkdir(parents=True, exist_ok=True)
+    if marker is None:
+        write_json(out / _MARKER, {"kind": kind})
+    return out
 
 
 def _mean(vals: list) -> float | None:
@@ -85,7 +96,8 @@ def aggregate(rows: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for ds in sorted({r["dataset"] for r in rows}):
         ok = [r for r in rows if r["dataset"] == ds and "error" not in r]
-        out[ds] = {k: _mean([r.get(k) for r in ok]) for k in ("pq", "sq", "rq", "miou", "segmenter_pq", "psnr")}
+        out[ds] = {k: _mean([r.get(k) for r in ok]) for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou", "segmenter_pq",
+                                                            "psnr", "time_s")}
         out[ds]["num_scenes"] = len(ok)
         out[ds]["num_failed"] = sum(1 for r in rows if r["dataset"] == ds and "error" in r)
     return out
@@ -104,10 +116,20 @@ def format_markdown(rows: list[dict], per_dataset: dict, published: dict, datase
         if "error" in r:
             lines.append(f"| {r['dataset']} | {r['scene']} | – | – | – | – | – | failed: {r['error']} |")
         else:
-            note = "scene id unconfirmed" if r.get("unconfirmed") else ""
+            notes = ["scene id unconfirmed"] if r.get("unconfirmed") else []
+            if r.get("attempts", 1) > 1:
+                notes.append(f"{r['attempts']} attempts")
             lines.append(f"| {r['dataset']} | {r['scene']} | {format_pct(r['pq'])} | {format_pct(r['sq'])} | {format_pct(r['rq'])} | "
-                         f"{format_pct(r['miou'])} | {format_pct(r['segmenter_pq'])} | {note} |")
+                         f"{format_pct(r['miou'])} | {format_pct(r['segmenter_pq'])} | {', '.join(notes)} |")
+    lines += ["", run_summary(rows)]
     return "\n".join(lines) + "\n"
+
+
+def run_summary(rows: list[dict]) -> str:
+    """'N runs: a ran, b complete (skipped), c failed' (failures are counted, never dropped)."""
+    n = {k: sum(1 for r in rows if r.get("status") == k) for k in ("done", "cached", "failed")}
+    n["failed"] += sum(1 for r in rows if "error" in r and r.get("status") != "failed")
+    return f"{len(rows)} runs: {n['done']} ran, {n['cached']} complete (skipped), {n['failed']} failed"
 
 
 def plot_bars(path: Path, per_dataset: dict, published: dict, datasets: list[str]) -> None:
@@ -135,24 +157,23 @@ def plot_bars(path: Path, per_dataset: dict, published: dict, datasets: list[str
     plt.close(fig)
 
 
-def table_command(config: Path, data_root: Path, out: Path | None = None, workers: int = 2,
+def table_command(config: Path, data_root: Path, out: Path | None = None, run: ExecutorArgs | None = None,
                   extra_args: list[str] | None = None) -> dict:
     """Run every benchmark scene found under data_root; write table.md, table.json and table.png."""
     from rich.console import Console
 
     console = Console()
+    run = run or ExecutorArgs()
     scenes, published, missing = load_benchmark(config, data_root)
     for line in missing:
         console.print(line)
     if not scenes:
         raise InputError(f"{data_root}: none of the benchmark scenes in {config} were found")
-    out = Path(out) if out else Path("runs/panlift_table")
-    console.print(f"running {len(scenes)} scene(s) with {workers} worker(s); logs under {out}")
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # threads only wait on subprocesses
-        rows = list(pool.map(lambda s: run_scene(s, out, extra_args), scenes))
-    for r in rows:
-        if "error" in r:
-            console.print(f"[red]{r['dataset']}/{r['scene']} failed[/red]: {r['error']}")
+    out = claim_output_dir(Path(out) if out else Path("runs/panlift_table"), "table")
+    console.print(f"{len(scenes)} scene(s); run folders and logs under {out}")
+    rows = execute(scene_specs(scenes, out, extra_args), run, console)
+    for r, s in zip(rows, scenes):
+        r["unconfirmed"] = s.unconfirmed
     datasets = [d for d in dict.fromkeys(s.dataset for s in scenes)]
     per_dataset = aggregate(rows)
     md = format_markdown(rows, per_dataset, published, datasets)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.common.io import InputError
-from pipeline.table import aggregate, format_markdown, load_benchmark, plot_bars
+from pipeline.executors import ExecutorArgs
+from pipeline.table import aggregate, claim_output_dir, format_markdown, load_benchmark, plot_bars
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,9 +86,10 @@ def test_table_end_to_end_on_mini_benchmark(tmp_path):
     cfg = tmp_path / "mini.yaml"
     cfg.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    res = table_command(cfg, data, out=out, workers=2, extra_args=["--splat.preset", "tiny"])
+    res = table_command(cfg, data, out=out, run=ExecutorArgs(workers=2), extra_args=["--splat.preset", "tiny"])
     rows = res["scenes"]
     assert len(rows) == 4 and not [r for r in rows if "error" in r], rows
+    assert [(r["status"], r["attempts"]) for r in rows] == [("done", 1)] * 4
     # each row is exactly what its own run directory's metrics.json says
     for r in rows:
         m = json.loads((out / r["dataset"] / r["scene"] / "metrics.json").read_text())
@@ -100,3 +102,42 @@ def test_table_end_to_end_on_mini_benchmark(tmp_path):
     assert "| Someone (published) | 50.0 | 60.0 |" in md and md.count("\n| alpha | s") == 2
     assert json.loads((out / "table.json").read_text())["datasets"]["beta"]["num_scenes"] == 2
     assert (out / "table.png").read_bytes()[:4] == b"\x89PNG"
+    assert "4 runs: 4 ran, 0 complete (skipped), 0 failed" in md
+    # the same command again: every run is complete, nothing is launched, the numbers are read back
+    again = table_command(cfg, data, out=out, run=ExecutorArgs(workers=2), extra_args=["--splat.preset", "tiny"])
+    assert [r["status"] for r in again["scenes"]] == ["cached"] * 4
+    assert [r["pq"] for r in again["scenes"]] == [r["pq"] for r in rows]
+    assert "4 runs: 0 ran, 4 complete (skipped), 0 failed" in (out / "table.md").read_text()
+
+
+def test_out_folder_that_is_not_ours_is_refused(tmp_path):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("keep me")
+    with pytest.raises(InputError, match="exists, is not empty and was not written by `pipeline table`"):
+        claim_output_dir(mine, "table")
+    assert [p.name for p in mine.iterdir()] == ["todo.txt"]
+    assert claim_output_dir(tmp_path / "new", "table") == (tmp_path / "new").resolve()
+    (tmp_path / "new" / "table.md").write_text("x")
+    claim_output_dir(tmp_path / "new", "table")  # an earlier table's folder is reused
+    with pytest.raises(InputError, match="not written by `pipeline sweep`"):
+        claim_output_dir(tmp_path / "new", "sweep")
+
+
+def test_table_cli_refuses_a_folder_it_did_not_write(tmp_path):
+    """The exact interface (`table CONFIG --data-root DIR --out DIR --executor ray`): one line, exit 2, nothing
+    touched, before Ray is started."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data" / "replica" / "room_0").mkdir(parents=True)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "table", str(REPO / "configs/panlift.yaml"), "--data-root",
+                           str(tmp_path / "data"), "--out", str(out), "--executor", "ray"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {out}: exists, is not empty and was not written by `pipeline table`; pass a new or empty --out DIR "
+        "(nothing there was changed)")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
