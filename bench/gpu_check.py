@@ -127,7 +127,7 @@ def run_child(report: Report, cmd: list[str], timeout: float) -> tuple[int | Non
                             start_new_session=True)
     _LIVE.add(proc)
     try:
-        rc = proc.wait(timeout=max(timeout, 1.0))
+        rc = proc.wait(timeout=max(timeout, 0.1))
     except subprocess.TimeoutExpired:
         _kill(proc)
         rc = None

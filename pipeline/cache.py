@@ -110,7 +110,8 @@ def scene_layout_digest(scene: Scene) -> str:
 def scene_gt_digest(scene: Scene, hashes: HashCache) -> str:
     """GT label maps (content, names relative to the scene) and the test split: what evaluation reads."""
     paths = [p for f in scene.frames.values() for p in (f.semantics, f.instance) if p is not None]
-    return digest({"gt": hashes.files(paths, scene.root) if paths else None, "test": scene.test})
+    names = {p: f"{Path(p).parent.name}/{Path(p).name}" for p in paths}  # path-free: moving the scene keeps it
+    return digest({"gt": sorted((names[p], hashes.file(p)) for p in paths), "test": scene.test})
 
 
 def config_hash(cfg: RunConfig, sections: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str:

@@ -55,21 +55,37 @@ class SceneSection:
     """Which posed images to work on."""
 
     path: Optional[Path] = None
-    """Scene folder: PanLift layout (color/, pose/, intrinsic/, splits.json) or a nerfstudio transforms.json folder."""
-    format: Literal["auto", "panlift", "nerfstudio"] = "auto"
+    """Scene folder: PanLift layout (color/, pose/, intrinsic/, splits.json), a nerfstudio/instant-ngp
+    transforms.json folder, a COLMAP project (images/ + sparse/0/) or a bare folder of images."""
+    format: Literal["auto", "panlift", "nerfstudio", "colmap", "images"] = "auto"
     """Scene layout; auto detects it from the folder's content."""
+    poses: Literal["file", "colmap", "pointmaps"] = "file"
+    """Where the cameras come from: the scene's own (file), structure from motion with pycolmap (colmap), or the
+    segmenter's pointmaps (pointmaps; SIMULATED from depth with the simulated segmenter). With colmap/pointmaps on
+    a posed scene, the estimate is Sim(3)-aligned to the scene's poses and scored (metrics.json pose_eval)."""
+    downscale: int = 1
+    """Work on images downscaled by this factor (cached once, intrinsics scaled exactly), like nerfstudio's
+    --downscale-factor."""
+    test_every: int = 8
+    """COLMAP and image folders without splits.json: every n-th image is a test view (0 = none)."""
+    sim_pose_error_deg: float = 0.5
+    """SIMULATED pointmaps: per-view rotation error (degrees, std); the translation error is 1 % of the camera
+    extent per degree."""
+    sim_depth_noise: float = 0.01
+    """SIMULATED pointmaps: multiplicative depth noise (std)."""
 
 
 @dataclass
 class SegmentSection(SegmenterConfig):
     """Where the multi-view-consistent 2D panoptic masks come from (the PanSt3R fields apply to kind panst3r)."""
 
-    kind: Literal["simulated", "precomputed", "per_frame", "panst3r"] = "simulated"
+    kind: Literal["simulated", "precomputed", "per_frame", "panst3r", "none"] = "simulated"
     """simulated: the synthetic scene's panoptic_consistent/ maps (GT with synthetic noise, NOT a real model);
     precomputed: a folder of semantics/<stem>.png (uint8) + instance/<stem>.png (uint16, ids consistent across
     views); per_frame: per-frame predictions whose ids are NOT consistent across views (Mask2Former-style:
     semantics/ + instance/, or a PanLift scene's m2f_semantics/ + m2f_instance/), associated in 3D through the
-    Gaussians; panst3r: run the PanSt3R segmenter on the train images. Stuff may carry its own ids or instance 0."""
+    Gaussians; panst3r: run the PanSt3R segmenter on the train images; none: geometry only (3DGS trained and
+    rendered at the test poses, PSNR/SSIM, no label stages). Stuff may carry its own ids or instance 0."""
     path: Optional[Path] = None
     """simulated/precomputed: the folder holding semantics/ and instance/ (simulated defaults to
     SCENE/panoptic_consistent)."""

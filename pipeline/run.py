@@ -73,13 +73,13 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     )
 
 
-def _load_scene(path: Path, fmt: str):
+def _load_scene(path: Path, fmt: str, test_every: int):
     """load_scene, with the fix for the two first-run mistakes: no scene yet, and a format pinned wrongly."""
     if not path.exists():
         raise InputError(f"{path}: scene folder does not exist; create one first (`make demo` for the synthetic demo "
                          f"scene, or `python -m pipeline synth {path}`) or pass --scene.path DIR")
     try:
-        return load_scene(path, fmt)
+        return load_scene(path, fmt, test_every)
     except InputError as e:
         try:
             found = detect_format(path) if fmt != "auto" else fmt
@@ -103,7 +103,7 @@ def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
                                   ("scale", t.scale, t.scale > 0, "> 0")):
         if not ok:
             raise InputError(f"--splat.train.{flag} {value}: must be {need}")
-    scene = _load_scene(Path(cfg.scene.path), cfg.scene.format)
+    scene = _load_scene(Path(cfg.scene.path), cfg.scene.format, cfg.scene.test_every)
     if not scene.train:
         raise InputError(f"{scene.root}: the split has no train frames")
     device = resolve_device(cfg.device)
@@ -133,6 +133,11 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")
         _record_command(run_dir / "command.txt")
+        ctx.scene, capture = _prepare(cfg, scene, run_dir)
+        for note in capture.get("notes", []):
+            console.print(f"[bold]capture[/bold] {note}")
+        _write_if_changed(run_dir / "capture.json", capture)
+        scene = ctx.scene
         console.print(f"run dir {run_dir}  ·  scene {scene.root} ({len(scene.train)} train / {len(scene.test)} test)"
                       f"  ·  segmenter {cfg.segment.kind}{' (SIMULATED)' if cfg.segment.kind == 'simulated' else ''}"
                       f"  ·  device {device}")
@@ -174,6 +179,16 @@ def _record_command(path: Path) -> None:
     if not path.is_file() or path.read_text() != text:
         with atomic_path(path) as tmp:
             tmp.write_text(text)
+
+
+def _prepare(cfg: RunConfig, scene, run_dir: Path):
+    """Cameras, undistortion and downscaling, cached under RUN_DIR/.cache (pipeline.capture)."""
+    from .capture import prepare_scene
+
+    sc = cfg.scene
+    return prepare_scene(scene, poses=sc.poses, downscale=sc.downscale, segment_kind=cfg.segment.kind,
+                         cache_root=run_dir / ".cache", pose_error_deg=sc.sim_pose_error_deg,
+                         depth_noise=sc.sim_depth_noise)
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:
@@ -220,6 +235,13 @@ def collect_metrics(run_dir: Path) -> dict:
     # PSNR of the rendered test views against the test images (the render stage's), else the trainer's own
     out["psnr"] = rinfo.get("psnr", sinfo.get("psnr"))
     out["num_gaussians"] = sinfo.get("num_gaussians")
+    if rinfo.get("ssim") is not None:
+        out["ssim"] = rinfo["ssim"]
+    capture = read_json_if_present(run_dir / "capture.json") or {}
+    if capture.get("pose_eval") is not None:
+        out["pose_eval"] = capture["pose_eval"]
+    if capture.get("notes"):
+        out["capture"] = capture["notes"]
     timings, rss = {}, {}
     for name in STAGE_ORDER:
         m = read_json_if_present(run_dir / name / "manifest.json")

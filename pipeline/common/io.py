@@ -203,11 +203,14 @@ def read_json_if_present(path: str | os.PathLike) -> Any:
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label or colour PNG as a numpy array (16-bit PNGs keep their values)."""
+    """Read a label or colour PNG/JPEG as a numpy array (16-bit PNGs keep their values; a photo's EXIF
+    orientation is applied, so a portrait phone picture comes out portrait)."""
+    from PIL import ImageOps
+
     path = Path(path)
     try:
         with Image.open(path) as im:
-            arr = np.array(im)
+            arr = np.array(ImageOps.exif_transpose(im) if im.format == "JPEG" else im)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except Exception as e:  # PIL raises many types on corrupt files

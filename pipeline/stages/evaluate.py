@@ -10,9 +10,15 @@ from ..common.io import read_png, write_json
 from ..common.labels import id_classes, write_prediction
 from ..config import RunConfig
 from .segment import load_panst3r, panst3r_inputs, panst3r_pass
+from .uplift import GEOMETRY_ONLY
 from .shared import scene_has_test_gt, segmenter_can_segment_images
 
 __all__ = ["evaluate_inputs", "evaluate_run", "rts_inputs", "rts_run", "rts_skip_reason"]
+
+
+def gt_root(scene) -> Path:
+    """Where the evaluator reads GT: the scene, or its prepared (undistorted/downscaled) copy."""
+    return Path(scene.meta.get("gt_root", scene.root))
 
 
 def evaluate_inputs(ctx: StageContext) -> dict[str, str]:
@@ -29,12 +35,15 @@ def evaluate_run(ctx: StageContext, out: Path) -> dict:
     if not ctx.cfg.evaluate.enabled:
         (out / "skipped.txt").write_text("evaluation off (evaluate.enabled = false)\n")
         return {"skipped": "evaluation off (evaluate.enabled = false)"}
+    if ctx.cfg.segment.kind == "none":
+        (out / "skipped.txt").write_text(GEOMETRY_ONLY + "\n")
+        return {"skipped": GEOMETRY_ONLY}
     if not scene_has_test_gt(ctx.scene) or ctx.scene.format != "panlift":
         why = "the scene has no GT labels for its test frames (needs rs_semantics/ + rs_instance/ in the PanLift layout)"
         (out / "skipped.txt").write_text(why + "\n")
         return {"skipped": why}
     info: dict = {}
-    uplift = json_safe(evaluate_scene(ctx.scene.root, ctx.stage_dir("render")))
+    uplift = json_safe(evaluate_scene(gt_root(ctx.scene), ctx.stage_dir("render")))
     write_json(out / "uplift.json", uplift)
     info["uplift"] = headline(uplift)
     seg = ctx.stage_dir("segment")
@@ -44,7 +53,7 @@ def evaluate_run(ctx: StageContext, out: Path) -> dict:
         pred = out / "segmenter_on_test"
         for s in ctx.scene.test:
             write_prediction(pred, s, read_png(seg / "instance" / f"{s}.png"), read_png(seg / "semantics" / f"{s}.png"))
-        direct = json_safe(evaluate_scene(ctx.scene.root, pred))
+        direct = json_safe(evaluate_scene(gt_root(ctx.scene), pred))
         direct["segmenter_kind"] = seg_info.get("kind")
         write_json(out / "segmenter_on_test.json", direct)
         info["segmenter_on_test"] = headline(direct)
@@ -55,6 +64,8 @@ def rts_skip_reason(cfg: RunConfig) -> str | None:
     """Why render-then-segment does not run for this config, or None when it does."""
     if cfg.render_then_segment == "off":
         return "render_then_segment is off"
+    if cfg.segment.kind == "none":
+        return GEOMETRY_ONLY
     if not segmenter_can_segment_images(cfg.segment.kind):
         return (f"the {cfg.segment.kind} segmenter cannot segment rendered images "
                 "(render-then-segment needs segment.kind panst3r)")
@@ -89,7 +100,7 @@ def rts_run(ctx: StageContext, out: Path) -> dict:
         write_prediction(out, s, inst, id_classes(inst, id_to_class))
     info: dict = {"num_views": len(stems), "num_segments": len(segs), "network_size": net.size}
     if ctx.cfg.evaluate.enabled and scene_has_test_gt(ctx.scene) and ctx.scene.format == "panlift":
-        m = json_safe(evaluate_scene(ctx.scene.root, out))
+        m = json_safe(evaluate_scene(gt_root(ctx.scene), out))
         write_json(out / "eval.json", m)
         info.update(headline(m))
     return info

@@ -12,6 +12,7 @@ from ..common.classes import THING_IDS
 from ..common.io import InputError, read_json_if_present, read_png, write_json, write_png
 from ..common.labels import STUFF_ID_OFFSET, id_classes, majority_class, resize_nearest
 from ..masks import MaskStats, convention_note, per_frame_dirs, read_mask_pair, segment_ids
+from ..capture import labels_to_frame
 from .shared import class_names, progress
 
 MASK_KINDS = ("simulated", "precomputed", "per_frame")
@@ -97,8 +98,8 @@ def validate_segment_inputs(ctx: StageContext) -> None:
         from panst3r.cli import class_vocabulary  # class embeddings resolved now (then cached), not after work began
 
         class_vocabulary(sc.vocabulary, sc.text_embeddings, "cpu", panlift_ids=True, how=_EMBEDDINGS_HOW)
-    else:  # tyro/YAML already restrict it; kept for programmatic configs
-        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed, per_frame or panst3r")
+    elif sc.kind != "none":  # tyro/YAML already restrict it; kept for programmatic configs
+        raise ValueError(f"unknown segment kind {sc.kind!r}; use simulated, precomputed, per_frame, panst3r or none")
 
 
 def segment_inputs(ctx: StageContext) -> dict[str, str]:
@@ -106,6 +107,8 @@ def segment_inputs(ctx: StageContext) -> dict[str, str]:
     sc = ctx.cfg.segment
     if sc.kind == "panst3r":
         return {"scene": scene_geometry_digest(ctx.scene, ctx.hashes), **panst3r_inputs(ctx)}
+    if sc.kind == "none":
+        return {"scene": scene_layout_digest(ctx.scene)}
     src, sd, idir = _mask_dirs(ctx)
     stems = ctx.scene.train + ctx.scene.test
     files = [d / f"{s}.png" for s in stems for d in (sd, idir)]
@@ -155,7 +158,9 @@ def _run_segment_maps(ctx: StageContext, out: Path) -> dict:
     with progress(ctx, len(stems), f"segment ({sc.kind})") as bar:
         for s in stems:
             f = ctx.scene.frame(s)
-            sem, inst = read_mask_pair(sd / f"{s}.png", idir / f"{s}.png", f.width, f.height, s)
+            cap = f.original or f  # masks are drawn on the image as captured (before undistortion/downscaling)
+            sem, inst = read_mask_pair(sd / f"{s}.png", idir / f"{s}.png", cap.width, cap.height, s)
+            sem, inst = labels_to_frame(sem, f), labels_to_frame(inst, f)
             seg = segment_ids(sem, inst, idir / f"{s}.png", stuff_by_class=per_frame)
             if s in set(ctx.scene.train):
                 stats.add(sem, inst, seg, s)
@@ -284,6 +289,11 @@ def _run_segment_panst3r(ctx: StageContext, out: Path) -> dict:
 
 def segment_run(ctx: StageContext, out: Path) -> dict:
     """semantics/ + instance/ maps with one id per object across views, and segments.json (id -> class)."""
+    if ctx.cfg.segment.kind == "none":
+        info = {"kind": "none", "simulated": False, "note": "geometry only: no segmenter, no label stages",
+                "train": list(ctx.scene.train), "test": [], "num_instances": 0}
+        write_json(out / "info.json", info)
+        return info
     if ctx.cfg.segment.kind == "panst3r":
         return _run_segment_panst3r(ctx, out)
     return _run_segment_maps(ctx, out)

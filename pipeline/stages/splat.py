@@ -32,7 +32,8 @@ def splat_inputs(ctx: StageContext) -> dict[str, str]:
 
 
 def _train_instance_maps(ctx: StageContext) -> dict[str, np.ndarray] | None:
-    if ctx.cfg.segment.kind == "per_frame":  # per-frame ids are not consistent: no panoptic-colour target (λ_pan = 0)
+    kind = ctx.cfg.segment.kind
+    if kind in ("per_frame", "none"):  # per-frame ids are not consistent, none has no labels: RGB only (λ_pan = 0)
         return None
     seg = ctx.stage_dir("segment")
     return {s: read_png(seg / "instance" / f"{s}.png").astype(np.int64) for s in ctx.scene.train}

@@ -14,7 +14,9 @@ from ..common.io import read_png, write_png
 from ..common.labels import resize_nearest
 from .shared import legend_classes, load_gaussians, progress, scene_cameras
 
-__all__ = ["uplift_inputs", "uplift_run", "render_inputs", "render_run"]
+__all__ = ["uplift_inputs", "uplift_run", "render_inputs", "render_run", "image_scores", "GEOMETRY_ONLY"]
+
+GEOMETRY_ONLY = "geometry-only run (segment.kind none): no labels"
 
 
 def uplift_inputs(ctx: StageContext) -> dict[str, str]:
@@ -31,6 +33,9 @@ def uplift_run(ctx: StageContext, out: Path) -> dict:
     from uplift.ludvig import instance_classes, uplift
 
     uc = ctx.cfg.uplift
+    if ctx.cfg.segment.kind == "none":
+        (out / "skipped.txt").write_text(GEOMETRY_ONLY + "\n")
+        return {"skipped": GEOMETRY_ONLY}
     seg = ctx.stage_dir("segment")
     stems = list(ctx.scene.train)
     cams = scene_cameras(ctx, stems, uc.scale)
@@ -128,31 +133,51 @@ def render_run(ctx: StageContext, out: Path) -> dict:
         (out / "skipped.txt").write_text(f"no {ctx.cfg.render.poses} frames to render\n")
         return {"skipped": f"no {ctx.cfg.render.poses} frames", "num_views": 0}
     gaussians = load_gaussians(ctx)
-    result = UpliftResult.load(ctx.stage_dir("uplift") / "uplift.npz")
-    id_to_class = legend_classes(ctx.stage_dir("uplift"))
+    labels = ctx.cfg.segment.kind != "none"  # a geometry-only run renders RGB alone
+    if labels:
+        result = UpliftResult.load(ctx.stage_dir("uplift") / "uplift.npz")
+        id_to_class = legend_classes(ctx.stage_dir("uplift"))
     info: dict = {"num_views": len(stems)}
     pix: dict = {}  # render_panoptic's pixel counts: below min_weight, filled, void
-    psnrs = []
+    psnrs, ssims = [], []
     with progress(ctx, len(stems), "render") as bar:
         for s in stems:  # one view at a time: memory stays flat for long test splits
             cam = scene_cameras(ctx, [s], ctx.cfg.render.scale)
-            inst, sem, _conf = render_panoptic(gaussians, result, cam, id_to_class, fallback=uc.fallback,
-                                               min_weight=uc.min_weight, chunk_channels=uc.chunk, fill_px=uc.fill_px,
-                                               min_labelled_share=uc.min_labelled_share, stats=pix)
             rgb = _render_rgb(gaussians, cam)  # [1, H, W, 3] float in [0, 1]
-            write_predictions(out, [s], inst, sem, rgb=rgb)
+            if labels:
+                inst, sem, _conf = render_panoptic(gaussians, result, cam, id_to_class, fallback=uc.fallback,
+                                                   min_weight=uc.min_weight, chunk_channels=uc.chunk,
+                                                   fill_px=uc.fill_px, min_labelled_share=uc.min_labelled_share,
+                                                   stats=pix)
+                write_predictions(out, [s], inst, sem, rgb=rgb)
+            else:
+                write_png(out / "rgb" / f"{s}.png", (np.clip(rgb[0], 0, 1) * 255 + 0.5).astype(np.uint8))
             gt = ctx.scene.load_rgb(s)
             if gt.shape[:2] == rgb.shape[1:3]:
-                mse = float(np.mean((np.clip(rgb[0], 0, 1) - gt) ** 2))
-                psnrs.append(10 * np.log10(1.0 / max(mse, 1e-12)))
+                psnr, ssim = image_scores(rgb[0], gt)
+                psnrs.append(psnr)
+                ssims.append(ssim)
             bar.update(1)
     if psnrs:
         info["psnr"] = float(np.mean(psnrs))
+        info["ssim"] = float(np.mean(ssims))
     if pix.get("pixels"):
         info["void_share"] = pix["void"] / pix["pixels"]
         info["filled_share"] = pix["filled"] / pix["pixels"]
         info["warnings"] = render_warnings(info["void_share"])
     return info
+
+
+def image_scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """(PSNR in dB, SSIM) of a rendered [H, W, 3] image in [0, 1] against the captured one."""
+    import torch
+    from pytorch_msssim import ssim
+
+    pred = np.clip(pred, 0, 1)
+    mse = float(np.mean((pred - gt) ** 2))
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]  # noqa: E731
+    s = float(ssim(to_t(pred), to_t(gt), data_range=1.0, size_average=True))
+    return 10 * np.log10(1.0 / max(mse, 1e-12)), s
 
 
 def _render_rgb(gaussians, cam) -> np.ndarray:

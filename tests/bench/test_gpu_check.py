@@ -48,7 +48,6 @@ def dry_run(tmp_path_factory):
     return out / "work", json.loads((out / "report" / "gpu_check.json").read_text()), proc.stdout
 
 
-@pytest.mark.slow  # the dry run: ~20 s of CPU in six processes
 def test_dry_run_records_every_part_with_real_numbers(dry_run):
     out, data, stdout = dry_run
     parts = data["parts"]
@@ -75,7 +74,6 @@ def test_dry_run_records_every_part_with_real_numbers(dry_run):
                                                    / speed["times"]["reference"]["forward_s"])
 
 
-@pytest.mark.slow  # the dry run: ~20 s of CPU in six processes
 def test_dry_run_pipeline_and_uplift_figures(dry_run):
     out, data, stdout = dry_run
     meta = json.loads((out / "scene_24x96x72" / "scene_meta.json").read_text())["config"]
@@ -87,7 +85,8 @@ def test_dry_run_pipeline_and_uplift_figures(dry_run):
     assert pipe["splat_s"] == metrics["timings_s"]["splat"] > 0
     assert pipe["segment_splat_uplift_render_s"] == pytest.approx(
         sum(metrics["timings_s"][k] for k in ("segment", "splat", "uplift", "render")))
-    assert pipe["num_gaussians"] > 0 and _finite(pipe["psnr"]) and 0.0 <= pipe["pq"]["pq"] <= 1.0
+    assert pipe["num_gaussians"] > 0 and _finite(pipe["psnr"])
+    assert pipe["pq"]["pq"] == pytest.approx(metrics["uplift"]["pq"])  # the figure reported is the run's own
     assert all(_finite(s["peak_rss_mb"]) for s in pipe["stages"].values())
     assert pipe["peak_gpu_mb"] is None  # no nvidia-smi in a dry run
     history = json.loads((out / "run_24x96x72" / "splat" / "history.json").read_text())
@@ -111,7 +110,7 @@ def test_dry_run_pipeline_and_uplift_figures(dry_run):
 
 
 def test_spent_budget_is_recorded_and_nothing_hangs(tmp_path):
-    proc = _run(tmp_path, "--budget-s", "2", timeout=60)
+    proc = _run(tmp_path, "--budget-s", "0.3", timeout=60)  # less than a Python start with numpy: never met
     assert proc.returncode == 1  # the scene generator was killed at the budget
     parts = json.loads((tmp_path / "report" / "gpu_check.json").read_text())["parts"]
     assert set(parts) == PARTS
@@ -134,7 +133,6 @@ def test_cell_labels_hand_computed():
     assert lab.tolist() == [[0, 2, 6, 6], [4, 4, 8, 8]]
 
 
-@pytest.mark.slow  # the dry run: ~20 s of CPU in six processes
 def test_uplift_takes_a_killed_splats_checkpoint(dry_run, tmp_path):
     # no gaussians.ply, only the ckpt.pt a killed splat leaves in its stage's temporary folder
     work, data, _ = dry_run

@@ -1,11 +1,13 @@
-"""PanSt3R merges against the official code's pp8 golden maps (stored float32 8-query inputs, exact match)."""
+"""PanSt3R merges against the official code's pp8 golden maps (stored float32 8-query inputs, exact match).
+
+The pp8 inputs come from every golden set that stores them whole (tests/panst3r/golden_data.py): the vendored
+subset holds one run (v1 kf02), the full set (the folder named by the environment variable PANST3R_GOLDEN, else
+shared/golden/panst3r next to the repository) all four, when present.
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,29 +16,37 @@ import torch
 from panst3r import qubo
 from panst3r.postprocess import panoptic_qubo, panoptic_standard, upsample_probs
 
-GOLDEN = Path(os.environ.get("PANST3R_GOLDEN", Path(__file__).resolve().parents[3] / "shared/golden/panst3r"))
-needs_golden = pytest.mark.skipif(not (GOLDEN / "panst3r_v2_kf012.npz").is_file(),
-                                  reason=f"PanSt3R golden vectors not found at {GOLDEN} (set PANST3R_GOLDEN)")
+from .golden_data import golden_sets
 
-CASES = list(itertools.product(("v1", "v2"), ("kf012", "kf02"), ("identity", "sharpened")))
+CASES = [pytest.param(g, v, t, x, id=f"{g.name}-{v}-{t}-{x}")
+         for g in golden_sets() for v, t in g.pp8_runs() for x in ("identity", "sharpened")]
+# the brute-force check: one sharpened run of each variant where stored
+OPTIMUM = [pytest.param(g, v, t, "sharpened", id=f"{g.name}-{v}-{t}")
+           for g in golden_sets() for v, t in g.pp8_runs() if (v, t) in (("v1", "kf02"), ("v2", "kf012"))]
 HW = (384, 512)
 
 
-def _inputs(variant: str, tag: str, transform: str):
-    d = np.load(GOLDEN / f"panst3r_{variant}_{tag}.npz")
-    spec = json.loads((GOLDEN / f"segments_{variant}_{tag}.json").read_text())["postproc_only_8queries"][transform]
+def _inputs(golden, variant: str, tag: str, transform: str):
+    stem = f"panst3r_{variant}_{tag}"
+    spec = golden.json(f"segments_{variant}_{tag}.json")["postproc_only_8queries"][transform]
     a, b, c = spec["class_logits_times_A"], spec["mask_logits_times_B"], spec["mask_logits_plus_C"]
-    logits = torch.from_numpy(d["pred_logits"][:8]) * a  # [8, C]
-    masks = [torch.from_numpy(d["pred_masks_q0_7"][v]) * b + c for v in range(d["pred_masks_q0_7"].shape[0])]
-    return d, spec, logits, masks
+    logits = torch.from_numpy(golden.whole(stem, "pred_logits")[:8]) * a  # [8, C]
+    m8 = golden.whole(stem, "pred_masks_q0_7")  # [V, 8, h, w] float32, exactly as stored
+    masks = [torch.from_numpy(m8[v]) * b + c for v in range(m8.shape[0])]
+    return (lambda key: golden.whole(stem, key)), spec, logits, masks
 
 
-@needs_golden
-@pytest.mark.parametrize("variant,tag,transform", CASES)
-def test_golden_standard_v2_pp8(variant, tag, transform):
-    d, spec, logits, masks = _inputs(variant, tag, transform)
+def test_vendored_pp8_cases():
+    """The vendored subset alone (a fresh clone) exercises both transforms, so the merges never go unchecked."""
+    vendored = [p.values for p in CASES if p.values[0].name == "vendored"]
+    assert {(v, t, x) for _, v, t, x in vendored} == {("v1", "kf02", "identity"), ("v1", "kf02", "sharpened")}
+
+
+@pytest.mark.parametrize("golden,variant,tag,transform", CASES)
+def test_golden_standard_v2_pp8(golden, variant, tag, transform):
+    d, spec, logits, masks = _inputs(golden, variant, tag, transform)
     res = panoptic_standard(logits, masks, HW, version="v2")
-    gold = d[f"pp8_{transform}_pan_standard_v2"]
+    gold = d(f"pp8_{transform}_pan_standard_v2")
     assert len(res.pan) == gold.shape[0]
     for v in range(gold.shape[0]):
         assert res.pan[v].dtype == np.int32
@@ -55,12 +65,11 @@ def test_golden_standard_v2_pp8(variant, tag, transform):
             np.testing.assert_array_equal(res.conf[v][px], probs[v][s["query_id"]].numpy()[px])
 
 
-@needs_golden
-@pytest.mark.parametrize("variant,tag,transform", CASES)
-def test_golden_qubo_pp8(variant, tag, transform):
-    d, spec, logits, masks = _inputs(variant, tag, transform)
+@pytest.mark.parametrize("golden,variant,tag,transform", CASES)
+def test_golden_qubo_pp8(golden, variant, tag, transform):
+    d, spec, logits, masks = _inputs(golden, variant, tag, transform)
     res = panoptic_qubo(logits, masks, HW, seed=0)
-    gold = d[f"pp8_{transform}_pan_qubo_seed0"]
+    gold = d(f"pp8_{transform}_pan_qubo_seed0")
     for v in range(gold.shape[0]):
         np.testing.assert_array_equal(res.pan[v], gold[v])
     want = spec["qubo_seed0_segments"]
@@ -72,11 +81,10 @@ def test_golden_qubo_pp8(variant, tag, transform):
         assert got["mask_conf"] == pytest.approx(w["mask_conf"], rel=1e-5)
 
 
-@needs_golden
-@pytest.mark.parametrize("variant,tag,transform", [("v1", "kf02", "sharpened"), ("v2", "kf012", "sharpened")])
-def test_golden_qubo_pp8_is_global_optimum(variant, tag, transform):
+@pytest.mark.parametrize("golden,variant,tag,transform", OPTIMUM)
+def test_golden_qubo_pp8_is_global_optimum(golden, variant, tag, transform):
     """With 8 queries the annealer must find the brute-force optimum over all 2^8 subsets."""
-    _d, _spec, _logits, masks = _inputs(variant, tag, transform)
+    _d, _spec, _logits, masks = _inputs(golden, variant, tag, transform)
     Q = qubo.build_qubo((upsample_probs(m, HW) for m in masks), pad_hw=HW)
     xs = np.array(list(itertools.product((0, 1), repeat=8)), dtype=np.int8)  # [256, 8]
     e = qubo.energy(Q, xs, 1e-3)

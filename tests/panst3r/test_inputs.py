@@ -24,7 +24,7 @@ def test_native_size_is_only_normalised():
     assert info.true_shape == (384, 512) and info.crop_box == (0, 0, 512, 384) and not info.rotated
     ref = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     assert torch.equal(x, ref)
-    assert x.min() >= -1 and x.max() <= 1
+    assert (rgb.min(), rgb.max()) == (0, 255) and (x.min().item(), x.max().item()) == (-1.0, 1.0)  # 0 -> -1, 255 -> 1
 
 
 def test_nearest_ratio_crop_and_antialiased_resize():

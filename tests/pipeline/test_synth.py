@@ -99,7 +99,7 @@ def test_layout_and_split(tiny):
     K = _K(tiny)
     assert K[0, 2] == pytest.approx(47.5) and K[1, 2] == pytest.approx(35.5)
     hfov = 2 * math.degrees(math.atan(48 / K[0, 0]))
-    assert 70 <= hfov <= 80
+    assert hfov == pytest.approx(75.0, abs=1e-6)  # the default hfov_deg: fx = 48 / tan(37.5°) for W = 96
     meta = json.loads((tiny / "scene_meta.json").read_text())
     assert meta["generator"] == "pipeline.synth" and meta["preset"] == "tiny" and meta["seed"] == 0
     assert "SIMULATED" in meta["simulated_segmenter"]["note"]

@@ -94,7 +94,6 @@ def test_table_end_to_end_on_mini_benchmark(tmp_path):
     for r in rows:
         m = json.loads((out / r["dataset"] / r["scene"] / "metrics.json").read_text())
         assert r["pq"] == m["uplift"]["pq"] and r["segmenter_pq"] == m["segmenter_on_test"]["pq"]
-        assert 0.0 <= r["pq"] <= 1.0
     for ds in ("alpha", "beta"):
         pqs = [r["pq"] for r in rows if r["dataset"] == ds]
         assert res["datasets"][ds]["pq"] == pytest.approx(sum(pqs) / 2)
