@@ -127,7 +127,7 @@ CASES = [
          "pass a new or empty folder", _user_folder),
     Case("run-output-cwd", RUN[:-1] + ["."], "{C}: is the current folder", "pass a subfolder", _user_folder),
     Case("run-masks-wrong-size", RUN + ["--segment.kind", "precomputed", "--segment.path", "{W}/masks_small"],
-         "{W}/masks_small/semantics/", "write masks at the image size"),
+         "{W}/masks_small/instance/", "write masks at the image size"),
     Case("run-masks-missing", RUN + ["--segment.kind", "precomputed", "--segment.path", "{W}/masks_none"],
          "{W}/masks_none/semantics/", "write semantics/<stem>.png and instance/<stem>.png"),
     Case("run-precomputed-no-path", RUN + ["--segment.kind", "precomputed"], "segment.kind precomputed",
