@@ -210,6 +210,7 @@ def _next_steps(doc: "_Doc", run: Path) -> None:
     if labelled.is_file():
         lines.append(f"export them (labelled.ply + legend.json, optionally one PLY per instance): "
                      f"python -m pipeline export {run} --out {run / 'export'} [--per-instance]")
+    if lines:
         doc.h("Outputs", 3)
         doc.code("\n".join(lines))
 

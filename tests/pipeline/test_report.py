@@ -202,6 +202,10 @@ def test_report_of_a_geometry_only_run(tmp_path):
     assert len(re.findall(r"data:image/png;base64,", page)) == 2 + 1  # rgb | captured, and the training curve
     assert "No panoptic evaluation: this is a geometry-only run (segment.kind none)." in page
     assert "python -m pipeline export" not in page  # nothing labelled to export
+    (run / "splat/gaussians.ply").write_bytes(b"")
+    page = write_report(run).read_text()
+    assert f"Gaussians (no labels in this run): {run / 'splat/gaussians.ply'}" in page
+    assert f"python -m pipeline view {run}" in page and "python -m pipeline export" not in page
 
 
 def _chromium() -> str | None:
