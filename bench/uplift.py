@@ -95,26 +95,10 @@ def memory_table(n: int, k: int, chunk: int, topk: int) -> str:
             f"grad method +{mib(grad):.0f} MiB per pass")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scene", type=Path, default=None)
-    ap.add_argument("--gaussians", type=Path, default=None, help="trained PLY (splat.ply format)")
-    ap.add_argument("--num-gaussians", type=int, default=100_000)
-    ap.add_argument("--views", type=int, default=0, help="use only the first V train views (0 = all)")
-    ap.add_argument("--labels", default="gt", help="gt (GT panoptic ids) or grid:K (K random blocky ids)")
-    ap.add_argument("--grad", action="store_true", help="also time the backward-pass method")
-    ap.add_argument("--only", choices=["dense", "topk"], default=None, help="run only this uplift mode (memory)")
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--topk", type=int, default=0, help="also time top-k mode with this k (0 = skip)")
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: 2 threads on a busy 2-core box are slower)")
-    args = ap.parse_args()
+def _setup(args):
+    """The scene (the demo scene generated in a temporary folder unless --scene), its labels and Gaussians."""
+    from splat.render import Cameras
 
-    from splat.render import Cameras, render
-    from uplift import uplift
-
-    torch.set_num_threads(args.threads)
     tmp = None
     scene_dir = args.scene
     if scene_dir is None:
@@ -140,6 +124,30 @@ def main() -> None:
             raise SystemExit(f"{scene_dir}: no points3d.ply to initialise Gaussians; pass --gaussians")
         g = random_gaussians(read_points(scene.points), args.num_gaussians)
         src = "random init around points3d.ply"
+    return tmp, scene_dir, frames, cams, labels, g, src
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scene", type=Path, default=None)
+    ap.add_argument("--gaussians", type=Path, default=None, help="trained PLY (splat.ply format)")
+    ap.add_argument("--num-gaussians", type=int, default=100_000)
+    ap.add_argument("--views", type=int, default=0, help="use only the first V train views (0 = all)")
+    ap.add_argument("--labels", default="gt", help="gt (GT panoptic ids) or grid:K (K random blocky ids)")
+    ap.add_argument("--grad", action="store_true", help="also time the backward-pass method")
+    ap.add_argument("--only", choices=["dense", "topk"], default=None, help="run only this uplift mode (memory)")
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--topk", type=int, default=0, help="also time top-k mode with this k (0 = skip)")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: 2 threads on a busy 2-core box are slower)")
+    args = ap.parse_args()
+
+    from splat.render import render
+    from uplift import uplift
+
+    torch.set_num_threads(args.threads)
+    tmp, scene_dir, frames, cams, labels, g, src = _setup(args)
     g = {k: v.detach() for k, v in g.items()}
     n = int(g["means"].shape[0])
     all_ids = np.unique(np.concatenate([np.unique(l) for l in labels]))

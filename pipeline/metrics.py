@@ -208,6 +208,22 @@ def _collapse(seg_cls, seg_inst, area, cats: np.ndarray, stuff: np.ndarray, void
     return rows[:, 0], rows[:, 1], np.rint(merged_area).astype(np.int64), remap
 
 
+def _robust_categories(p_cls, p_area, g_cls, g_area, m: int, things: set[int], stuff: set[int]
+                       ) -> tuple[frozenset[int], frozenset[int]]:
+    """The scene-PQ category filter: classes present on either side and robust on both (a class below
+    ROBUST_FRACTION of the scene's pixels, strictly, on either side is not evaluated)."""
+    p_counts, g_counts = _class_counts(p_cls, p_area), _class_counts(g_cls, g_area)
+    present = set(p_counts) | set(g_counts)
+    nonrobust = set()
+    for counts in (p_counts, g_counts):
+        if counts:
+            cs = np.array(list(counts.keys()), np.int64)
+            ns = np.array(list(counts.values()), np.int64)
+            frac = _f32_ratio(ns, np.full_like(ns, m))
+            nonrobust |= set(cs[frac < _F32_ROBUST].tolist())
+    return frozenset((things & present) - nonrobust), frozenset((stuff & present) - nonrobust)
+
+
 def _pq_columns(pc, pi, gc, gi, things: Iterable[int], stuff: Iterable[int]) -> PQResult:
     """The PQ core on four [M] columns (pred class, pred instance, GT class, GT instance)."""
     things, stuff = {int(c) for c in things}, {int(c) for c in stuff}
@@ -222,18 +238,7 @@ def _pq_columns(pc, pi, gc, gi, things: Iterable[int], stuff: Iterable[int]) -> 
     p_cls, p_inst, p_area, p_codes = _segments(pc, pi)
     g_cls, g_inst, g_area, g_codes = _segments(gc, gi)
 
-    # --- category filtering on the whole scene: present ∩ robust (OR over both sides, strict <) -------
-    p_counts, g_counts = _class_counts(p_cls, p_area), _class_counts(g_cls, g_area)
-    present = set(p_counts) | set(g_counts)
-    nonrobust = set()
-    for counts in (p_counts, g_counts):
-        if counts:
-            cs = np.array(list(counts.keys()), np.int64)
-            ns = np.array(list(counts.values()), np.int64)
-            frac = _f32_ratio(ns, np.full_like(ns, m))
-            nonrobust |= set(cs[frac < _F32_ROBUST].tolist())
-    kept_things = frozenset((things & present) - nonrobust)
-    kept_stuff = frozenset((stuff & present) - nonrobust)
+    kept_things, kept_stuff = _robust_categories(p_cls, p_area, g_cls, g_area, m, things, stuff)
     cats = sorted(kept_things | kept_stuff)
     void_cls = 1 + max([0] + cats)
     cats_a = np.array(cats, np.int64)

@@ -96,6 +96,18 @@ def to_estimate_frame(c2w_gt: np.ndarray, sim: tuple[float, np.ndarray, np.ndarr
 # ------------------------------------------------------------------------------------------------
 
 
+def _stage_image(src: Path, dest_stem: Path) -> None:
+    """The image as SfM must see it: a link, or an upright copy when EXIF rotates it (COLMAP ignores EXIF, the
+    rest of the pipeline applies it)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(src) as im:
+        if im.format == "JPEG" and im.getexif().get(0x0112, 1) != 1:
+            ImageOps.exif_transpose(im).save(dest_stem.with_suffix(".jpg"), quality=95)
+            return
+    dest_stem.with_suffix(src.suffix.lower()).symlink_to(src)
+
+
 def sfm_cameras(scene: Scene, cache: Path, *, max_image_size: int = 1024, progress: bool = True) -> Estimate:
     """pycolmap SfM on every image of the scene, cached in `cache` by the images' content."""
     import pycolmap
@@ -107,8 +119,7 @@ def sfm_cameras(scene: Scene, cache: Path, *, max_image_size: int = 1024, progre
             images = tmp / "images"
             images.mkdir()
             for s in stems:
-                src = Path(scene.frames[s].image).resolve()
-                (images / f"{s}{src.suffix.lower()}").symlink_to(src)
+                _stage_image(Path(scene.frames[s].image).resolve(), images / s)
             t0 = time.perf_counter()
             pycolmap.logging.minloglevel = 1  # warnings and errors only: our own lines say what runs
             print(f"structure from motion (pycolmap) on {len(stems)} images …", flush=True)

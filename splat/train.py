@@ -135,7 +135,7 @@ def _instance_targets(maps: Mapping[str, np.ndarray], stems: Sequence[str], w: i
     """Instance maps -> palette colours [V, H, W, 3] and non-void mask [V, H, W, 1] at the training size."""
     missing = [s for s in stems if s not in maps]
     if missing:
-        raise InputError(f"instance maps missing for train frames {missing[:5]} ({len(missing)} in all); "
+        raise ValueError(f"instance maps missing for train frames {missing[:5]} ({len(missing)} in all); "
                          "give one [H, W] id map per train frame")
     ids = np.stack([resize_nearest(np.asarray(maps[s], np.int64), (h, w)) for s in stems])  # [V, H, W]
     uniq, inv = np.unique(ids, return_inverse=True)

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from pipeline.common.classes import THING_IDS
-from pipeline.common.io import InputError
 from pipeline.common.labels import STUFF_ID_OFFSET
 from pipeline.common.progress import progress_bar
 
@@ -195,11 +194,11 @@ def associate(gaussians, cameras, maps: Sequence[np.ndarray], class_maps: Sequen
     n = int(geom["means"].shape[0])
     n_cam = int(cameras.viewmats.shape[0])
     if len(maps) != n_cam or len(class_maps) != n_cam:
-        raise InputError(f"{len(maps)} id maps and {len(class_maps)} class maps for {n_cam} cameras; give one of each "
+        raise ValueError(f"{len(maps)} id maps and {len(class_maps)} class maps for {n_cam} cameras; give one of each "
                          "per training camera")
     for i, m in enumerate(maps):
         if tuple(np.shape(m)) != (int(cameras.height), int(cameras.width)) or np.shape(class_maps[i]) != np.shape(m):
-            raise InputError(f"label map {i} is {np.shape(m)} (classes {np.shape(class_maps[i])}) but the cameras render "
+            raise ValueError(f"label map {i} is {np.shape(m)} (classes {np.shape(class_maps[i])}) but the cameras render "
                              f"{cameras.height}x{cameras.width}; resize the labels nearest-neighbour to match")
     direct = _use_direct(method, backend, geom["means"].device)
     t0 = time.perf_counter()

@@ -67,7 +67,7 @@ def _class_array(result: UpliftResult, id_to_class: Mapping) -> np.ndarray:
     used = np.unique(result.label[result.label >= 0])
     missing = [int(i) for i in used if int(i) not in m]
     if missing:
-        raise InputError(f"instances {missing[:5]} have no class in id_to_class; build it with uplift.instance_classes")
+        raise ValueError(f"instances {missing[:5]} have no class in id_to_class; build it with uplift.instance_classes")
     return np.asarray([m[int(i)] if i >= 0 else -1 for i in result.label], dtype=np.int64)
 
 
@@ -113,7 +113,7 @@ def export_labelled(out_path: str | os.PathLike, gaussians, result: UpliftResult
     geom = gaussian_geometry(gaussians)
     n = int(geom["means"].shape[0])
     if n != result.num_gaussians:
-        raise InputError(f"the uplift result has {result.num_gaussians} Gaussians but the model has {n}; "
+        raise ValueError(f"the uplift result has {result.num_gaussians} Gaussians but the model has {n}; "
                          "re-run the uplift on these Gaussians")
     cls = _class_array(result, id_to_class)
     save_ply(out_path, geom, extra=_extra_fields(result, cls, topk))

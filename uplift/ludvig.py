@@ -151,14 +151,14 @@ def _label_ids(label_maps: Sequence[np.ndarray], ignore_label: int | None = 0,
     maps = [np.asarray(m) for m in label_maps]
     for i, m in enumerate(maps):
         if m.ndim != 2 or not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
-            raise InputError(f"label map {i}: needs an [H, W] integer array, got {m.dtype} {m.shape}")
+            raise TypeError(f"label map {i}: needs an [H, W] integer array, got {m.dtype} {m.shape}")
         if m.size and m.min() < 0:
-            raise InputError(f"label map {i}: negative label id {int(m.min())}; use ignore_label for pixels that must not vote")
+            raise ValueError(f"label map {i}: negative label id {int(m.min())}; use ignore_label for pixels that must not vote")
     if num_labels is not None:
         ids = np.arange(int(num_labels), dtype=np.int64)
         big = [(i, int(m.max())) for i, m in enumerate(maps) if m.size and m.max() >= num_labels]
         if big:
-            raise InputError(f"label map {big[0][0]}: id {big[0][1]} >= num_labels={num_labels}; raise num_labels or leave it unset")
+            raise ValueError(f"label map {big[0][0]}: id {big[0][1]} >= num_labels={num_labels}; raise num_labels or leave it unset")
     else:
         ids = np.unique(np.concatenate([np.unique(m).astype(np.int64) for m in maps])) if maps else np.zeros(0, np.int64)
     if ignore_label is not None:
@@ -214,11 +214,11 @@ def instance_classes(label_maps: Sequence[np.ndarray], class_maps: Sequence[np.n
         raise InputError(f"instances {todo[:5]} have no class in segments.json and no class maps were given; "
                          "give every instance a class in segments.json")
     if len(class_maps) != len(label_maps) or (weights is not None and len(weights) != len(label_maps)):
-        raise InputError(f"{len(label_maps)} label maps but {len(class_maps)} class maps"
+        raise ValueError(f"{len(label_maps)} label maps but {len(class_maps)} class maps"
                          + ("" if weights is None else f" and {len(weights)} weight maps") + "; give one per view")
     for v, (lm, cm) in enumerate(zip(label_maps, class_maps)):
         if np.shape(lm) != np.shape(cm):
-            raise InputError(f"view {v}: label map {np.shape(lm)} and class map {np.shape(cm)} differ in shape")
+            raise ValueError(f"view {v}: label map {np.shape(lm)} and class map {np.shape(cm)} differ in shape")
     voted = majority_class(label_maps, class_maps, weights, ignore_id=ignore_label)
     for i in todo:
         result[i] = voted.get(i, 0)
@@ -236,11 +236,11 @@ def gaussian_geometry(gaussians) -> dict[str, Tensor]:
     try:
         items = gaussians.items()
     except AttributeError:
-        raise InputError("gaussians must be a mapping (e.g. torch.nn.ParameterDict) with means, quats, scales, opacities") from None
+        raise TypeError("gaussians must be a mapping (e.g. torch.nn.ParameterDict) with means, quats, scales, opacities") from None
     g = {k: (v.detach() if isinstance(v, Tensor) else torch.as_tensor(v)) for k, v in items}
     missing = [k for k in ("means", "quats", "scales", "opacities") if k not in g]
     if missing:
-        raise InputError(f"gaussians lack {missing}; pass a splat.gaussians ParameterDict (means, quats, scales, opacities, ...)")
+        raise ValueError(f"gaussians lack {missing}; pass a splat.gaussians ParameterDict (means, quats, scales, opacities, ...)")
     return g
 
 
@@ -282,11 +282,11 @@ def _direct_sums(geom: dict, cam, lab: np.ndarray, n_cols: int, acc: Tensor, *, 
 
 def _use_direct(method: str, backend: str, device: torch.device) -> bool:
     if method not in METHODS:
-        raise InputError(f"unknown uplift method {method!r}; use one of {METHODS}")
+        raise ValueError(f"unknown uplift method {method!r}; use one of {METHODS}")
     torch_backend = backend == "torch" or (backend == "auto" and device.type != "cuda")
     if method == "direct":
         if not torch_backend:
-            raise InputError("method='direct' needs the torch backend of splat.render; use method='grad' with gsplat")
+            raise ValueError("method='direct' needs the torch backend of splat.render; use method='grad' with gsplat")
         return True
     return method == "auto" and torch_backend
 
@@ -347,15 +347,15 @@ def uplift(gaussians, cameras, label_maps: Sequence[np.ndarray], *, num_labels: 
     n = int(geom["means"].shape[0])
     n_cam = _num_cameras(cameras)
     if len(label_maps) != n_cam:
-        raise InputError(f"{len(label_maps)} label maps for {n_cam} cameras; give one label map per training camera")
+        raise ValueError(f"{len(label_maps)} label maps for {n_cam} cameras; give one label map per training camera")
     for i, m in enumerate(label_maps):
         if tuple(np.shape(m)) != (int(cameras.height), int(cameras.width)):
-            raise InputError(f"label map {i} is {np.shape(m)} but the cameras render {cameras.height}x{cameras.width} "
+            raise ValueError(f"label map {i} is {np.shape(m)} but the cameras render {cameras.height}x{cameras.width} "
                              "(H x W); resize the labels with nearest-neighbour or scale the cameras to match")
     if chunk_channels < 1:
-        raise InputError(f"chunk_channels must be >= 1, got {chunk_channels}")
+        raise ValueError(f"chunk_channels must be >= 1, got {chunk_channels}")
     if topk is not None and topk < 1:
-        raise InputError(f"topk must be >= 1 or None, got {topk}")
+        raise ValueError(f"topk must be >= 1 or None, got {topk}")
     direct = _use_direct(method, backend, geom["means"].device)
     label_ids = _label_ids(label_maps, ignore_label, num_labels)
     k_all = len(label_ids)

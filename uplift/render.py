@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.common.classes import THING_IDS
-from pipeline.common.io import InputError, atomic_path, write_png
+from pipeline.common.io import atomic_path, write_png
 from pipeline.common.labels import overlay, write_prediction
 
 from .ludvig import UpliftResult, gaussian_geometry
@@ -40,7 +40,7 @@ def _class_lookup(id_to_class: Mapping, label_ids: np.ndarray) -> np.ndarray:
     m = {int(k): int(v.get("class_id") if isinstance(v, Mapping) else v) for k, v in id_to_class.items()}
     missing = [int(i) for i in label_ids if int(i) not in m]
     if missing:
-        raise InputError(f"instances {missing[:5]} ({len(missing)} in all) have no class in id_to_class; "
+        raise ValueError(f"instances {missing[:5]} ({len(missing)} in all) have no class in id_to_class; "
                          "build it with uplift.instance_classes from the same label maps")
     return np.asarray([m[int(i)] for i in label_ids], dtype=np.int64)
 
@@ -62,11 +62,11 @@ def render_panoptic(gaussians, result: UpliftResult, cameras, id_to_class: Mappi
     from splat.render import render as render_fn
 
     if fallback not in FALLBACKS:
-        raise InputError(f"unknown fallback {fallback!r}; use one of {FALLBACKS}")
+        raise ValueError(f"unknown fallback {fallback!r}; use one of {FALLBACKS}")
     geom = gaussian_geometry(gaussians)
     n = int(geom["means"].shape[0])
     if n != result.num_gaussians:
-        raise InputError(f"the uplift result has {result.num_gaussians} Gaussians but the model has {n}; "
+        raise ValueError(f"the uplift result has {result.num_gaussians} Gaussians but the model has {n}; "
                          "re-run the uplift on these Gaussians")
     cls_of = _class_lookup(id_to_class, result.label_ids)  # [K]
     n_cam, H, W = int(cameras.viewmats.shape[0]), int(cameras.height), int(cameras.width)
@@ -134,7 +134,7 @@ def write_predictions(out_dir: str | os.PathLike, stems: Sequence[str], instance
     instance = np.asarray(instance)
     semantics = np.asarray(semantics)
     if instance.shape != semantics.shape or instance.ndim != 3 or len(stems) != instance.shape[0]:
-        raise InputError(f"need instance and semantics [C, H, W] for {len(stems)} stems, got {instance.shape} and {semantics.shape}")
+        raise ValueError(f"need instance and semantics [C, H, W] for {len(stems)} stems, got {instance.shape} and {semantics.shape}")
     for i, stem in enumerate(stems):
         write_prediction(out, stem, instance[i], semantics[i], thing_ids)
         if rgb is not None:
@@ -142,7 +142,7 @@ def write_predictions(out_dir: str | os.PathLike, stems: Sequence[str], instance
             if img.dtype != np.uint8:
                 img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
             if img.shape[:2] != instance.shape[1:]:
-                raise InputError(f"rgb of {stem} is {img.shape[:2]} but labels are {instance.shape[1:]}")
+                raise ValueError(f"rgb of {stem} is {img.shape[:2]} but labels are {instance.shape[1:]}")
             write_png(out / "rgb" / f"{stem}.png", img[..., :3])
             vis = overlay(img[..., :3], instance[i])
             with atomic_path(out / "vis" / f"{stem}.jpg") as tmp:

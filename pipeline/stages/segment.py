@@ -206,17 +206,13 @@ def _simulated_source(src: Path) -> bool:
     return False
 
 
-_MERGE_ALIASES = {"standard": "standard_v2"}
-
-
 def _panst3r_merge(merge: str) -> str:
-    """segment.merge -> a panst3r.segment merge name ("standard" = the official default standard_v2)."""
+    """segment.merge checked against panst3r.segment's merges (a programmatic config can hold anything)."""
     from panst3r.segment import MERGES
 
-    m = _MERGE_ALIASES.get(merge, merge)
-    if m not in MERGES:
-        raise InputError(f"segment.merge {merge!r} is not a PanSt3R merge; use qubo, standard, {', '.join(MERGES[:2])}")
-    return m
+    if merge not in MERGES:
+        raise InputError(f"segment.merge {merge!r} is not a PanSt3R merge; use one of {', '.join(MERGES)}")
+    return merge
 
 
 def panst3r_inputs(ctx: StageContext) -> dict[str, str]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from splat import rasterize_torch as rt
+from splat.agreement import random_scene
 from splat.render import Cameras, render
 
 ALPHA_MIN = 1.0 / 255.0
@@ -39,14 +40,8 @@ def _gauss(means, scales, opac, quats=None, dtype=torch.float64, colors=None):
 
 
 def _random_scene(n, seed, dtype=torch.float64, spread=0.6, size=(0.05, 0.2), opac=(0.2, 0.95)):
-    gen = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=gen, dtype=dtype) - 0.5) * torch.tensor([2 * spread, 1.5 * spread, 1.0], dtype=dtype)
-    means[:, 2] += 3.0
-    return {"means": means, "quats": torch.randn(n, 4, generator=gen, dtype=dtype),
-            "scales": torch.log(size[0] + (size[1] - size[0]) * torch.rand(n, 3, generator=gen, dtype=dtype)),
-            "opacities": torch.logit(opac[0] + (opac[1] - opac[0]) * torch.rand(n, generator=gen, dtype=dtype)),
-            "sh0": torch.randn(n, 1, 3, generator=gen, dtype=dtype) * 0.5,
-            "shN": torch.randn(n, 3, 3, generator=gen, dtype=dtype) * 0.2}
+    """splat.agreement's random scene (the GPU check uses the same one), with this file's defaults."""
+    return {k: v.to(dtype) for k, v in random_scene(n, seed, spread=spread, size=size, opac=opac).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_no_instance_maps_no_panoptic_term(tiny):
 def test_missing_instance_map_is_an_input_error(tiny):
     scene, maps = tiny
     partial = dict(list(maps.items())[1:])
-    with pytest.raises(InputError, match="instance maps missing"):
+    with pytest.raises(ValueError, match="instance maps missing"):
         train(scene, _cfg(iterations=1), instance_maps=partial, progress=False)
 
 
@@ -336,7 +336,7 @@ def test_train_leaves_the_thread_count_to_its_caller(tiny):
     no_test = dataclasses.replace(scene, test=[])
     res = train(no_test, _cfg(iterations=0), instance_maps=maps, progress=False)
     assert res.steps == 0 and res.test_psnr is None and torch.get_num_threads() == 1
-    with pytest.raises(InputError, match="instance maps missing"):
+    with pytest.raises(ValueError, match="instance maps missing"):
         train(no_test, _cfg(iterations=0), instance_maps={}, progress=False)
     assert torch.get_num_threads() == 1
 

@@ -94,9 +94,7 @@ def test_associate_topk_keeps_the_argmax():
 
 def test_associate_rejects_maps_of_another_size():
     g, cams, cons, cls = _toy()
-    from pipeline.common.io import InputError
-
-    with pytest.raises(InputError, match="label map 0"):
+    with pytest.raises(ValueError, match="label map 0"):
         associate(g, cams, [m[:-1] for m in cons], [c[:-1] for c in cls])
 
 

@@ -219,21 +219,21 @@ def test_relabel_large_ids_and_num_labels():
     assert dense[0].tolist() == [[-1, 2], [1, 0]] and dense[1].tolist() == [[0, 0], [-1, -1]]
     ids, dense = relabel([np.array([[1, 3]])], ignore_label=0, num_labels=5)
     assert ids.tolist() == [1, 2, 3, 4] and dense[0].tolist() == [[0, 2]]
-    with pytest.raises(InputError, match="num_labels"):
+    with pytest.raises(ValueError, match="num_labels"):
         relabel([np.array([[9]])], num_labels=5)
-    with pytest.raises(InputError, match="negative"):
+    with pytest.raises(ValueError, match="negative"):
         relabel([np.array([[-1]])])
 
 
 def test_uplift_rejects_mismatched_label_maps(scene):
     g, cams, labels, _ = scene
-    with pytest.raises(InputError, match="unknown uplift method"):
+    with pytest.raises(ValueError, match="unknown uplift method"):
         uplift(g, cams, labels, method="magic", progress=False)
-    with pytest.raises(InputError, match="torch backend"):
+    with pytest.raises(ValueError, match="torch backend"):
         uplift(g, cams, labels, method="direct", backend="gsplat", progress=False)
-    with pytest.raises(InputError, match="one label map per"):
+    with pytest.raises(ValueError, match="one label map per"):
         uplift(g, cams, labels[:2], progress=False)
-    with pytest.raises(InputError, match="resize the labels"):
+    with pytest.raises(ValueError, match="resize the labels"):
         uplift(g, cams, [l[:, :-1] for l in labels], progress=False)
 
 
@@ -308,9 +308,9 @@ def test_render_panoptic_two_objects_and_fallback():
     assert (inst_n > 0).all() and (sem_n > 0).all()
     assert inst_n[0, 8, 0] == 300 and inst_n[0, 8, 31] == 60002
     assert np.array_equal(inst_n[inst > 0], inst[inst > 0])
-    with pytest.raises(InputError, match="no class"):
+    with pytest.raises(ValueError, match="no class"):
         render_panoptic(g, res, cams, {300: 5})
-    with pytest.raises(InputError, match="fallback"):
+    with pytest.raises(ValueError, match="fallback"):
         render_panoptic(g, res, cams, {300: 5, 60002: 2}, fallback="zero")
 
 
