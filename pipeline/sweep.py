@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common.io import InputError, atomic_path, read_document, write_json
+from .common.io import InputError, atomic_path, claim_dir, read_document, write_json
 from .executors import ExecutorArgs, RunSpec, execute, row_name
 from .metrics import format_pct
-from .table import BenchmarkScene, aggregate, benchmark_from_spec, claim_output_dir, run_summary, scene_specs
+from .table import BenchmarkScene, aggregate, benchmark_from_spec, run_summary, scene_specs
 
 __all__ = ["SweepSpec", "load_sweep", "expand_settings", "setting_args", "resolve_settings", "sweep_table",
            "format_sweep_markdown", "plot_sweep", "sweep_command"]
@@ -240,7 +240,7 @@ def sweep_command(spec: Path, data_root: Path | None = None, out: Path | None = 
     console = Console()
     run = run or ExecutorArgs()
     sweep = load_sweep(spec)
-    out = claim_output_dir(out or sweep.out or Path("runs") / Path(spec).stem, "sweep")
+    out = claim_dir(out or sweep.out or Path("runs") / Path(spec).stem, "sweep")
     data_root = Path(data_root or sweep.data_root or out / "data")
     if sweep.synthesize:
         data_root.mkdir(parents=True, exist_ok=True)

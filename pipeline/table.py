@@ -10,15 +10,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common.io import InputError, atomic_path, read_document, read_json_if_present, write_json
+from .common.io import InputError, atomic_path, claim_dir, read_document, write_json
 from .executors import ExecutorArgs, RunSpec, execute
 from .metrics import format_pct
 
-__all__ = ["BenchmarkScene", "load_benchmark", "benchmark_from_spec", "scene_specs", "claim_output_dir", "aggregate", "format_markdown",
+__all__ = ["BenchmarkScene", "load_benchmark", "benchmark_from_spec", "scene_specs", "aggregate", "format_markdown",
            "plot_bars", "run_summary", "table_command"]
-
-_MARKER = ".pipeline-output.json"
-
 
 @dataclass(frozen=True)
 class BenchmarkScene:
@@ -68,22 +65,6 @@ def scene_specs(scenes: list[BenchmarkScene], out_root: Path, extra_args: list[s
                     scene_path=Path(s.path).resolve(), run_dir=out_root / s.dataset / s.scene_id,
                     log=out_root / s.dataset / f"{s.scene_id}.log", args=tuple(extra_args or ()))
             for s in scenes]
-
-
-def claim_output_dir(out: Path, kind: str) -> Path:
-    """Make OUT ours: new, empty, or written by an earlier `pipeline KIND` (a marker file says so); anything
-    else is refused before a single file is written, so nothing the tool did not create is touched."""
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: is a file; pass --out DIR, a new or empty folder")
-    marker = read_json_if_present(out / _MARKER) if out.is_dir() else None
-    if out.is_dir() and any(out.iterdir()) and (marker or {}).get("kind") != kind:
-        raise InputError(f"{out}: exists, is not empty and was not written by `pipeline {kind}`; pass a new or empty "
-                         "--out DIR (nothing there was changed)")
-    out.mkdir(parents=True, exist_ok=True)
-    if marker is None:
-        write_json(out / _MARKER, {"kind": kind})
-    return out
 
 
 def _mean(vals: list) -> float | None:
@@ -169,7 +150,7 @@ def table_command(config: Path, data_root: Path, out: Path | None = None, run: E
         console.print(line)
     if not scenes:
         raise InputError(f"{data_root}: none of the benchmark scenes in {config} were found")
-    out = claim_output_dir(Path(out) if out else Path("runs/panlift_table"), "table")
+    out = claim_dir(Path(out) if out else Path("runs/panlift_table"), "table")
     console.print(f"{len(scenes)} scene(s); run folders and logs under {out}")
     rows = execute(scene_specs(scenes, out, extra_args), run, console)
     for r, s in zip(rows, scenes):

@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.common.io import InputError
 from pipeline.executors import ExecutorArgs
-from pipeline.table import aggregate, claim_output_dir, format_markdown, load_benchmark, plot_bars
+from pipeline.common.io import claim_dir
+from pipeline.table import aggregate, format_markdown, load_benchmark, plot_bars
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,14 +114,14 @@ def test_out_folder_that_is_not_ours_is_refused(tmp_path):
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "todo.txt").write_text("keep me")
-    with pytest.raises(InputError, match="exists, is not empty and was not written by `pipeline table`"):
-        claim_output_dir(mine, "table")
+    with pytest.raises(InputError, match="folder is not empty and is not a previous table output of this tool"):
+        claim_dir(mine, "table")
     assert [p.name for p in mine.iterdir()] == ["todo.txt"]
-    assert claim_output_dir(tmp_path / "new", "table") == (tmp_path / "new").resolve()
+    assert claim_dir(tmp_path / "new", "table") == (tmp_path / "new").resolve()
     (tmp_path / "new" / "table.md").write_text("x")
-    claim_output_dir(tmp_path / "new", "table")  # an earlier table's folder is reused
-    with pytest.raises(InputError, match="not written by `pipeline sweep`"):
-        claim_output_dir(tmp_path / "new", "sweep")
+    claim_dir(tmp_path / "new", "table")  # an earlier table's folder is reused
+    with pytest.raises(InputError, match="holds this tool's table output, not a sweep output"):
+        claim_dir(tmp_path / "new", "sweep")
 
 
 def test_table_cli_refuses_a_folder_it_did_not_write(tmp_path):
@@ -137,6 +138,6 @@ def test_table_cli_refuses_a_folder_it_did_not_write(tmp_path):
                            str(tmp_path / "data"), "--out", str(out), "--executor", "ray"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {out}: exists, is not empty and was not written by `pipeline table`; pass a new or empty --out DIR "
-        "(nothing there was changed)")
+        f"error: {out}: folder is not empty and is not a previous table output of this tool; pass a new or empty "
+        "folder (nothing was changed)")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
