@@ -201,16 +201,16 @@ def demo_command(out: Path = Path("runs/demo"), preset: Literal["tiny", "demo"] 
         preset: Synthetic scene preset.
         quiet: Print nothing but errors.
     """
-    from .config import CONFIGS_DIR, parse_run_args
-    from .run import run_pipeline
-
     from .common.io import claim_dir
+    from .config import CONFIGS_DIR, parse_run_args
+    from .run import run_lock, run_pipeline
 
     scene_dir = claim_dir(out, "run") / "scene"  # the run folder is claimed first: the scene lives inside it
-    if not (scene_dir / "splits.json").is_file():
-        from . import synth as _synth
+    with run_lock(Path(out)):  # a second demo on the same folder is refused, never writes the scene twice
+        if not (scene_dir / "splits.json").is_file():
+            from . import synth as _synth
 
-        _synth.synth_command(scene_dir, preset=preset)
+            _synth.synth_command(scene_dir, preset=preset)
     config = CONFIGS_DIR / "demo.yaml"
     cfg = parse_run_args(config, ["--scene.path", str(scene_dir), "--output.dir", str(out)])
     return run_pipeline(cfg, quiet=quiet)

@@ -30,7 +30,7 @@ from .stages import (
     validate_segment_inputs,
 )
 
-__all__ = ["run_pipeline", "absolute_paths", "export_run", "collect_metrics", "print_summary", "RunOutcome"]
+__all__ = ["run_pipeline", "run_lock", "absolute_paths", "export_run", "collect_metrics", "print_summary", "RunOutcome"]
 
 
 class RunOutcome:
@@ -46,7 +46,7 @@ def _floor_percent(fraction: float) -> str:
 
 
 @contextlib.contextmanager
-def _run_lock(run_dir: Path):
+def run_lock(run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     fh = open(run_dir / ".lock", "w")
     try:
@@ -128,7 +128,7 @@ def run_pipeline(cfg: RunConfig, from_stage: str | None = None, console=None, qu
     validate_segment_inputs(ctx)
     claim_dir(run_dir, "run")  # after validation (nothing written on bad input); never someone else's folder
     results: list[StageResult] = []
-    with torch_threads(cfg.threads), _run_lock(run_dir):
+    with torch_threads(cfg.threads), run_lock(run_dir):
         for p in cleanup_stale(run_dir):
             console.print(f"[dim]removed {p.name} left by an interrupted run[/dim]")
         write_config(cfg, run_dir / "config.yaml")

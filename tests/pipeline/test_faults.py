@@ -95,11 +95,11 @@ def _same_obj(x, y) -> bool:
 
 
 def test_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(reference, scene, tmp_path):
-    from pipeline.run import _run_lock
+    from pipeline.run import run_lock
 
     run_dir = shutil.copytree(reference, tmp_path / "run")
     before = _files(run_dir)
-    with _run_lock(run_dir):  # exactly what a running `pipeline run` holds for its whole duration
+    with run_lock(run_dir):  # exactly what a running `pipeline run` holds for its whole duration
         p = cli(*run_args(scene, run_dir))
         assert p.returncode == 2, p.stderr
         lines = p.stderr.strip().splitlines()
@@ -264,3 +264,14 @@ def test_ply_header_check_accepts_what_fits(tmp_path, reference):
 
     for rel in ("splat/gaussians.ply", "uplift/labelled.ply"):  # real outputs pass, with plyfile's count
         assert check_ply_header(reference / rel) == PlyData.read(str(reference / rel))["vertex"].count
+
+
+def test_second_demo_on_the_same_folder_is_refused_before_it_writes_the_scene(tmp_path):
+    from pipeline.common.io import claim_dir
+    from pipeline.run import run_lock
+
+    out = claim_dir(tmp_path / "demo", "run")
+    with run_lock(out):  # a first demo still generating its scene
+        p = cli("demo", "--out", str(out), "--preset", "tiny")
+    assert p.returncode == 2 and "another `pipeline run` is using this run directory" in p.stderr.strip().splitlines()[-1]
+    assert not (out / "scene").exists()
