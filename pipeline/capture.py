@@ -155,9 +155,12 @@ def _write_points(scene: Scene, cache_root: Path) -> Scene:
 
 def prepare_scene(scene: Scene, *, poses: str = "file", downscale: int = 1, segment_kind: str = "simulated",
                   cache_root: Path, pose_error_deg: float = 0.5, depth_noise: float = 0.01,
-                  sfm_max_image_size: int = 1024) -> tuple[Scene, dict]:
-    """The scene ready for the stages, and what was done to it (notes, cache folder, pose_eval)."""
-    from .poses import apply_estimate, sfm_cameras, simulated_pointmap_cameras
+                  sfm_max_image_size: int = 1024, segmenter=None, device: str = "cpu") -> tuple[Scene, dict]:
+    """The scene ready for the stages, and what was done to it (notes, cache folder, pose_eval).
+
+    `segmenter` (a `panst3r.config.SegmenterConfig`) is what `poses="pointmaps"` runs when the segmenter is
+    PanSt3R; with the simulated segmenter the pointmaps are SIMULATED from the scene's depth."""
+    from .poses import apply_estimate, panst3r_pointmap_cameras, sfm_cameras, simulated_pointmap_cameras
 
     if downscale < 1:
         raise InputError(f"scene.downscale must be a whole number >= 1, got {downscale}")
@@ -168,11 +171,13 @@ def prepare_scene(scene: Scene, *, poses: str = "file", downscale: int = 1, segm
     if poses != "file":
         if poses == "colmap":
             est = sfm_cameras(scene, cache_root / f"sfm-{_images_key(scene)}", max_image_size=sfm_max_image_size)
+        elif poses == "pointmaps" and segment_kind == "panst3r" and segmenter is not None:
+            est = panst3r_pointmap_cameras(scene, segmenter, device, cache_root / f"pointmaps-{_images_key(scene)}")
         elif poses == "pointmaps":
             if segment_kind != "simulated":
                 raise InputError(f"scene.poses pointmaps takes cameras from the segmenter's pointmaps; the "
-                                 f"{segment_kind} segmenter gives none here: use --segment.kind simulated (synthetic "
-                                 "scenes) or --scene.poses colmap")
+                                 f"{segment_kind} segmenter has none: use --segment.kind panst3r (a checkpoint), "
+                                 "simulated (synthetic scenes) or --scene.poses colmap")
             est = simulated_pointmap_cameras(scene, pose_error_deg=pose_error_deg, pose_error_rel=0.01 * pose_error_deg,
                                              depth_noise=depth_noise)
         else:

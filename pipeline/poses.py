@@ -23,7 +23,7 @@ import numpy as np
 from .common.io import InputError, atomic_dir, read_json_if_present, write_json
 from .scene import CAMERA_MODELS, Frame, Scene, camera_from_params, reconstruction_points
 
-__all__ = ["Estimate", "sfm_cameras", "simulated_pointmap_cameras", "umeyama", "pose_errors", "apply_estimate"]
+__all__ = ["Estimate", "sfm_cameras", "simulated_pointmap_cameras", "panst3r_pointmap_cameras", "umeyama", "pose_errors", "apply_estimate"]
 
 
 @dataclass
@@ -235,6 +235,47 @@ def simulated_pointmap_cameras(scene: Scene, *, pose_error_deg: float = 0.5, pos
         rgbs.append(rgb[pick])
     points = (np.concatenate(xyzs).astype(np.float32), np.concatenate(rgbs).astype(np.float32))
     return Estimate(frames, points, "pointmaps (SIMULATED)", [], time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------
+# PanSt3R pointmaps (a real segmenter pass)
+# ------------------------------------------------------------------------------------------------
+
+
+def panst3r_pointmap_cameras(scene: Scene, segmenter_cfg, device: str, cache: Path, *, max_points: int = 200_000
+                             ) -> Estimate:
+    """Cameras from one multi-view PanSt3R pass over every image (its MUSt3R pointmaps): intrinsics by Weiszfeld,
+    poses by Procrustes (`panst3r.cameras`), mapped from the network's centre crop back to each image; the
+    confident global points initialise the Gaussians. The pass is cached in `cache`."""
+    from panst3r.segment import load_segmenter
+
+    t0 = time.perf_counter()
+    stems = list(scene.frames)
+    out = cache / "panst3r"
+    if read_json_if_present(out / "cameras.json") is None:
+        net = load_segmenter(segmenter_cfg, device, panlift_ids=True)
+        net.segment([scene.frames[s].image for s in stems], out, progress=True, write_pointmaps=True)
+    cams = read_json_if_present(out / "cameras.json")
+    frames = {}
+    for s in stems:
+        f = scene.frames[s]
+        c = cams.get(Path(f.image).stem)
+        if c is None:
+            continue
+        x0, y0, _cw, _ch = c["crop_xywh"]
+        scale = float(c["scale_to_original"])
+        K = np.asarray(c["K"], np.float64)
+        K_orig = np.array([[scale * K[0, 0], 0, scale * K[0, 2] + x0], [0, scale * K[1, 1], scale * K[1, 2] + y0],
+                           [0, 0, 1]])  # continuous coordinates: the crop's offset and scale map exactly
+        frames[s] = dataclasses.replace(f, K=K_orig, c2w=np.asarray(c["c2w"], np.float64), camera_model="PINHOLE",
+                                        distortion=(), depth=None)
+    pm = np.load(out / "pointmaps.npz")
+    pts, conf = pm["pts3d"].reshape(-1, 3), pm["conf"].reshape(-1)
+    ok = np.isfinite(pts).all(1) & (conf > np.quantile(conf, 0.5))
+    pick = np.random.default_rng(0).choice(np.flatnonzero(ok), size=min(max_points, int(ok.sum())), replace=False)
+    points = (pts[pick].astype(np.float32), np.full((len(pick), 3), 0.5, np.float32)) if len(pick) else None
+    return Estimate(frames, points, "pointmaps (PanSt3R)", [s for s in stems if s not in frames],
+                    time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------------

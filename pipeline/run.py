@@ -188,7 +188,7 @@ def _prepare(cfg: RunConfig, scene, run_dir: Path):
     sc = cfg.scene
     return prepare_scene(scene, poses=sc.poses, downscale=sc.downscale, segment_kind=cfg.segment.kind,
                          cache_root=run_dir / ".cache", pose_error_deg=sc.sim_pose_error_deg,
-                         depth_noise=sc.sim_depth_noise)
+                         depth_noise=sc.sim_depth_noise, segmenter=cfg.segment, device=resolve_device(cfg.device))
 
 
 def _write_if_changed(path: Path, obj: dict) -> bool:

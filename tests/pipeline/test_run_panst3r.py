@@ -204,3 +204,18 @@ def test_render_then_segment_skips_without_an_image_segmenter():
     assert cfg.segment.kind == "simulated"
     why = rts_skip_reason(cfg)
     assert why is not None and "\n" not in why and "segment.kind panst3r" in why
+
+
+def test_cameras_from_panst3r_pointmaps(files, tmp_path):
+    """`--scene.poses pointmaps` with PanSt3R: one cached pass over every image gives the cameras (mapped from the
+    network's crop back to the image), scored against the scene's poses. The network is pseudo-random, so only
+    the plumbing is checked, not the accuracy (SIMULATED pointmaps check that: test_capture_runs)."""
+    run_dir = tmp_path / "run"
+    p = run_cli(*panst3r_args(files, run_dir), "--scene.poses", "pointmaps")
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = json.loads((run_dir / "metrics.json").read_text())
+    train = _scene(files).train
+    assert m["pose_eval"]["num_registered"] == len(train) and m["pose_eval"]["ate"] >= 0
+    assert any("pointmaps (PanSt3R)" in n for n in m["capture"])
+    cams = json.loads(next((run_dir / ".cache").glob("pointmaps-*/panst3r/cameras.json")).read_text())
+    assert len(cams) == len(_scene(files).frames)  # train and test views in one pass
