@@ -62,8 +62,8 @@ class SceneSection:
     poses: Literal["file", "colmap", "pointmaps"] = "file"
     """Where the cameras come from: the scene's own (file), structure from motion with pycolmap (colmap), or the
     segmenter's pointmaps (pointmaps: one PanSt3R pass with segment.kind panst3r; SIMULATED from depth with the
-    simulated segmenter). With colmap/pointmaps on
-    a posed scene, the estimate is Sim(3)-aligned to the scene's poses and scored (metrics.json pose_eval)."""
+    simulated segmenter). With colmap/pointmaps on a posed scene, the estimate is Sim(3)-aligned to the scene's
+    poses and scored (metrics.json pose_eval)."""
     downscale: int = 1
     """Work on images downscaled by this factor (cached once, intrinsics scaled exactly), like nerfstudio's
     --downscale-factor."""
