@@ -84,6 +84,8 @@ def test_auto_detect_and_not_a_scene(tmp_path):
     with pytest.raises(InputError, match="not a scene folder"):
         load_scene(tmp_path / "empty")
     with pytest.raises(InputError, match="unknown scene format"):
+        load_scene(tmp_path / "empty", format="blender")
+    with pytest.raises(InputError, match="no COLMAP model"):
         load_scene(tmp_path / "empty", format="colmap")
 
 
@@ -119,9 +121,22 @@ def test_nerfstudio_per_frame_intrinsics(tmp_path):
     assert sc.frame("frame_00000").K[0, 0] == 30.0 and sc.frame("frame_00000").K[1, 1] == 31.0
 
 
+def test_nerfstudio_distortion_rides_on_the_frame(tmp_path):
+    """Distorted captures are taken as they are: the model and OpenCV-ordered coefficients stay on the frame
+    (pipeline.capture undistorts them); all-zero coefficients mean a pinhole; instant-ngp has no camera_model."""
+    s = load_scene(_nerfstudio(tmp_path / "a", top={"k1": 0.1, "p2": 0.002}))
+    f = next(iter(s.frames.values()))
+    assert f.camera_model == "OPENCV" and f.distortion == (0.1, 0.0, 0.0, 0.002)
+    s = load_scene(_nerfstudio(tmp_path / "b", top={"camera_model": "OPENCV_FISHEYE", "k1": 0.05, "k4": 0.01}))
+    assert next(iter(s.frames.values())).distortion == (0.05, 0.0, 0.0, 0.01)
+    assert next(iter(load_scene(_nerfstudio(tmp_path / "c")).frames.values())).camera_model == "PINHOLE"
+    s = load_scene(_nerfstudio(tmp_path / "d", top={"camera_model": None, "k1": -0.2}))
+    assert next(iter(s.frames.values())).camera_model == "OPENCV"
+
+
 @pytest.mark.parametrize(
     "top, message",
-    [({"camera_model": "OPENCV_FISHEYE"}, "not supported; undistort"), ({"k1": 0.1}, "non-zero distortion"),
+    [({"camera_model": "EQUIRECTANGULAR"}, "camera_model 'EQUIRECTANGULAR' is not supported"),
      ({"w": 9}, "image is 8x6 but transforms.json says w=9")],
 )
 def test_nerfstudio_rejects(tmp_path, top, message):
