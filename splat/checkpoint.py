@@ -45,7 +45,7 @@ def run_key(cfg: TrainConfig, stems: Sequence[str], with_pan: bool) -> dict:
 def save_checkpoint(path: Path, *, step: int, params: torch.nn.ParameterDict,
                     optimizers: dict[str, torch.optim.Optimizer], strategy_state: dict[str, Any],
                     rng: np.random.Generator, order: Sequence[int], history: list[dict], key: dict, sscale: float,
-                    init_source: str) -> None:
+                    init_source: str, pose: dict | None = None) -> None:
     """Write the checkpoint atomically (tensors moved to CPU; a killed write leaves the previous one)."""
     state = {
         "version": CHECKPOINT_VERSION,
@@ -61,6 +61,7 @@ def save_checkpoint(path: Path, *, step: int, params: torch.nn.ParameterDict,
         "key": key,
         "scene_scale": float(sscale),
         "init_source": init_source,
+        "pose": pose,  # per-view pose corrections (splat.poses) or None
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -91,6 +91,14 @@ class TrainConfig:
     """Append a history entry every this many steps."""
     checkpoint_every: int = 1000
     """Write ckpt.pt every this many steps (when out_dir is given; 0 = only at the end)."""
+    pose_opt: bool = False
+    """Refine each train camera's pose while training (a learnable SE(3) correction per view, splat.poses): for
+    estimated cameras (scene.poses colmap / pointmaps). The refined poses go to cameras_refined.json and the
+    uplift uses them."""
+    pose_opt_lr: float = 1e-4
+    """Learning rate of the pose corrections (× sqrt(batch_size))."""
+    pose_opt_reg: float = 1e-6
+    """Weight decay of the pose corrections (pulls them towards the given poses)."""
     backend: Literal["auto", "gsplat", "torch"] = "auto"
     """Rasteriser backend: auto = gsplat on CUDA, the PyTorch reference on CPU."""
 

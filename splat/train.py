@@ -35,6 +35,7 @@ from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, run_key, save_check
 from .config import PRESETS, TrainConfig
 from .gaussians import PARAM_NAMES, init_gaussians, points_for_scene
 from .render import Cameras, render, sh_colours
+from .poses import PoseCorrection, corrected_viewmats
 from .strategy import CappedDefaultStrategy, CPUMCMCStrategy, make_strategy
 
 __all__ = ["TrainConfig", "TrainResult", "PRESETS", "train", "evaluate_psnr", "scene_scale", "load_checkpoint",
@@ -52,6 +53,7 @@ class TrainResult:
     num_gaussians: int
     init_source: str  # where the initial points came from (ply / depth / pointmap / random / checkpoint)
     resumed_from: int | None = None  # step of the checkpoint this call continued from
+    refined_c2w: dict[str, np.ndarray] | None = None  # with cfg.pose_opt: each train view's refined pose [4, 4]
 
 
 def train(scene: SplatScene, cfg: TrainConfig | None = None, *, instance_maps: Mapping[str, np.ndarray] | None = None,
@@ -179,6 +181,7 @@ class _Run:
     step: int  # steps done
     init_source: str
     resumed_from: int | None
+    pose: PoseCorrection | None = None  # with cfg.pose_opt: the per-view SE(3) corrections
 
 
 def _make_optimizers(params: torch.nn.ParameterDict, cfg: TrainConfig, sscale: float) -> dict[str, torch.optim.Adam]:
@@ -230,13 +233,18 @@ def _init_or_resume(scene: SplatScene, cfg: TrainConfig, data: _Targets, ckpt_pa
         run = _Run(params, optimizers, strategy, sstate, rng, list(ck.get("order", [])), list(ck["history"]),
                    int(ck["step"]), ck["init_source"], int(ck["step"]))
     strategy.check_sanity(run.params, run.optimizers)
+    if cfg.pose_opt:
+        run.pose = PoseCorrection.create(len(data.stems), cfg.pose_opt_lr, cfg.pose_opt_reg, cfg.batch_size, dev)
+        if ck is not None and ck.get("pose") is not None:
+            run.pose.load(ck["pose"])
     return run
 
 
 def _save(run: _Run, data: _Targets, path: Path, step: int) -> None:
     save_checkpoint(path, step=step, params=run.params, optimizers=run.optimizers,
                     strategy_state=run.strategy_state, rng=run.rng, order=run.order, history=run.history,
-                    key=data.key, sscale=data.scene_scale, init_source=run.init_source)
+                    key=data.key, sscale=data.scene_scale, init_source=run.init_source,
+                    pose=run.pose.state() if run.pose is not None else None)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -277,7 +285,10 @@ def _step(run: _Run, data: _Targets, cfg: TrainConfig, step: int) -> _StepStats:
     degree = _sh_degree(cfg, step)
     with_pan = data.pan is not None
     # feats [B, H, W, 3 (+3 pan)]
-    feats, meta = _render_views(params, data.cams[idx], degree, data.background, with_pan, cfg.backend)
+    cams = data.cams[idx]
+    if run.pose is not None:  # c2w · exp(ξ) for this batch's views
+        cams = Cameras(corrected_viewmats(cams.viewmats, run.pose.xi[idx]), cams.Ks, cams.width, cams.height)
+    feats, meta = _render_views(params, cams, degree, data.background, with_pan, cfg.backend)
     strategy.step_pre_backward(params, optimizers, run.strategy_state, step, meta)
     l_rgb, mse = _rgb_loss(feats[..., :3], data.rgb[idx], cfg.ssim_lambda)  # scalars
     loss = l_rgb
@@ -290,6 +301,8 @@ def _step(run: _Run, data: _Targets, cfg: TrainConfig, step: int) -> _StepStats:
     for o in optimizers.values():
         o.step()
         o.zero_grad(set_to_none=True)
+    if run.pose is not None:
+        run.pose.step()
     strategy.step_post_backward(params, optimizers, run.strategy_state, step, meta, lr=lr_m)
     return _StepStats(float(loss.detach()), float(l_rgb.detach()), float(l_pan.detach()),
                       -10.0 * math.log10(max(float(mse), 1e-12)), degree)
@@ -325,6 +338,10 @@ def _finish(run: _Run, data: _Targets, scene: SplatScene, cfg: TrainConfig, out_
     mean_psnr, per_view = evaluate_psnr(run.params, scene, scene.test, cfg.eval_scale, background=cfg.background,
                                         sh_degree=final_degree, backend=cfg.backend)
     n = len(run.params["means"])
+    refined = None
+    if run.pose is not None:
+        c2w = run.pose.refined_c2w(data.cams.viewmats).double().cpu().numpy()  # [V, 4, 4]
+        refined = {s: c2w[i] for i, s in enumerate(data.stems)}
     if out_dir is not None:
         from .ply import save_ply
 
@@ -336,9 +353,11 @@ def _finish(run: _Run, data: _Targets, scene: SplatScene, cfg: TrainConfig, out_
             "steps": cfg.iterations, "num_gaussians": n, "test_psnr": mean_psnr, "test_psnr_per_view": per_view,
             "init_source": run.init_source, "scene_scale": data.scene_scale, "sh_degree": final_degree,
             "panoptic_regulariser": data.pan is not None, "resumed_from": run.resumed_from})
+        if refined is not None:
+            write_json(out_dir / "cameras_refined.json", {s: m.tolist() for s, m in refined.items()})
     return TrainResult(gaussians=run.params, history=run.history, test_psnr=mean_psnr, test_psnr_per_view=per_view,
                        wall_time=elapsed, steps=cfg.iterations, num_gaussians=n, init_source=run.init_source,
-                       resumed_from=run.resumed_from)
+                       resumed_from=run.resumed_from, refined_c2w=refined)
 
 
 def _exported(params: Mapping[str, Tensor], degree: int) -> dict[str, Tensor]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..cache import StageContext
 from ..common.classes import PANLIFT_CLASSES
-from ..common.io import InputError
+from ..common.io import InputError, read_json_if_present
 from ..common.progress import progress_bar
 from ..scene import Scene
 
@@ -42,10 +44,16 @@ def class_names() -> dict[int, str]:
 
 
 def scene_cameras(ctx: StageContext, stems: list[str], scale: float = 1.0):
-    """splat.render.Cameras for the given frames (all frames of a scene share one image size)."""
+    """splat.render.Cameras for the given frames (all frames of a scene share one image size); train views whose
+    pose the splat stage refined (TrainConfig.pose_opt) come at their refined pose."""
+    import dataclasses
+
     from splat.render import Cameras
 
+    refined = read_json_if_present(ctx.stage_dir("splat") / "cameras_refined.json") or {}
     frames = [ctx.scene.frame(s) for s in stems]
+    frames = [dataclasses.replace(f, c2w=np.asarray(refined[f.stem], np.float64)) if f.stem in refined else f
+              for f in frames]
     cams = Cameras.from_frames(frames, scale=scale)
     return cams if ctx.device == "cpu" else cams.to(ctx.device)
 

@@ -21,7 +21,7 @@ GEOMETRY_ONLY = "geometry-only run (segment.kind none): no labels"
 
 def uplift_inputs(ctx: StageContext) -> dict[str, str]:
     """The trained Gaussians, the segment maps that vote, and the cameras they are seen through."""
-    return {"splat": upstream(ctx, "splat", ("gaussians.ply",)),
+    return {"splat": upstream(ctx, "splat", ("gaussians.ply", "cameras_refined.json")),
             "segment": upstream(ctx, "segment", ("instance", "segments.json")),
             "scene": scene_geometry_digest(ctx.scene, ctx.hashes),
             **({"per_frame": "associate"} if ctx.cfg.segment.kind == "per_frame" else {})}
@@ -108,7 +108,7 @@ def _self_check(ctx: StageContext, gaussians, result, id_to_class, cams, maps, c
 
 def render_inputs(ctx: StageContext) -> dict[str, str]:
     """The Gaussians, their uplifted labels and legend, and the poses rendered at."""
-    return {"splat": upstream(ctx, "splat", ("gaussians.ply",)),
+    return {"splat": upstream(ctx, "splat", ("gaussians.ply", "cameras_refined.json")),
             "uplift": upstream(ctx, "uplift", ("uplift.npz", "legend.json")),
             "scene": scene_geometry_digest(ctx.scene, ctx.hashes)}
 
