@@ -18,7 +18,7 @@ from .cache import digest
 from .common.io import InputError, atomic_dir, read_json_if_present, read_png, write_json, write_png
 from .scene import Frame, Scene
 
-__all__ = ["prepare_scene", "labels_to_frame", "undistort_maps", "scaled_K"]
+__all__ = ["prepare_scene", "check_poses", "labels_to_frame", "undistort_maps", "scaled_K"]
 
 # OpenCV's pinhole convention puts pixel centres at integers, ours (gsplat's, COLMAP's) at +0.5
 _HALF = np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]])
@@ -153,6 +153,19 @@ def _write_points(scene: Scene, cache_root: Path) -> Scene:
     return dataclasses.replace(scene, points=path, meta=meta)
 
 
+def check_poses(scene: Scene, poses: str, segment_kind: str, downscale: int) -> None:
+    """The cheap reasons `prepare_scene` would refuse, checked before the run folder is touched."""
+    if downscale < 1:
+        raise InputError(f"scene.downscale must be a whole number >= 1, got {downscale}")
+    if poses == "file" and not scene.posed:
+        raise InputError(f"{scene.root}: a bare image folder has no camera poses; pass --scene.poses colmap "
+                         "(structure from motion) or --scene.poses pointmaps")
+    if poses == "pointmaps" and segment_kind not in ("simulated", "panst3r"):
+        raise InputError(f"scene.poses pointmaps takes cameras from the segmenter's pointmaps; the "
+                         f"{segment_kind} segmenter has none: use --segment.kind panst3r (a checkpoint), "
+                         "simulated (synthetic scenes) or --scene.poses colmap")
+
+
 def prepare_scene(scene: Scene, *, poses: str = "file", downscale: int = 1, segment_kind: str = "simulated",
                   cache_root: Path, pose_error_deg: float = 0.5, depth_noise: float = 0.01,
                   sfm_max_image_size: int = 1024, segmenter=None, device: str = "cpu") -> tuple[Scene, dict]:
@@ -162,12 +175,8 @@ def prepare_scene(scene: Scene, *, poses: str = "file", downscale: int = 1, segm
     PanSt3R; with the simulated segmenter the pointmaps are SIMULATED from the scene's depth."""
     from .poses import apply_estimate, panst3r_pointmap_cameras, sfm_cameras, simulated_pointmap_cameras
 
-    if downscale < 1:
-        raise InputError(f"scene.downscale must be a whole number >= 1, got {downscale}")
+    check_poses(scene, poses, segment_kind, downscale)
     info: dict = {"poses": poses, "notes": []}
-    if poses == "file" and not scene.posed:
-        raise InputError(f"{scene.root}: a bare image folder has no camera poses; pass --scene.poses colmap "
-                         "(structure from motion) or --scene.poses pointmaps")
     if poses != "file":
         if poses == "colmap":
             est = sfm_cameras(scene, cache_root / f"sfm-{_images_key(scene)}", max_image_size=sfm_max_image_size)

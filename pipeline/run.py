@@ -87,7 +87,8 @@ def _load_scene(path: Path, fmt: str, test_every: int):
             found = fmt
         if found == fmt:
             raise
-        raise InputError(f"{path}: looks like a {found} scene but the config pins scene.format {fmt} ({e}); "
+        what = "a bare image folder" if found == "images" else f"a {found} scene"
+        raise InputError(f"{path}: looks like {what} but the config pins scene.format {fmt} ({e}); "
                          "pass --scene.format auto") from None
 
 
@@ -106,6 +107,9 @@ def _validate(cfg: RunConfig, from_stage: str | None) -> tuple:
     scene = _load_scene(Path(cfg.scene.path), cfg.scene.format, cfg.scene.test_every)
     if not scene.train:
         raise InputError(f"{scene.root}: the split has no train frames")
+    from .capture import check_poses
+
+    check_poses(scene, cfg.scene.poses, cfg.segment.kind, cfg.scene.downscale)
     device = resolve_device(cfg.device)
     if cfg.render_then_segment == "on" and not segmenter_can_segment_images(cfg.segment.kind):
         raise InputError(f"render_then_segment is on but the {cfg.segment.kind} segmenter cannot segment rendered "

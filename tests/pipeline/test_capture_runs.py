@@ -85,3 +85,17 @@ def test_umeyama_matches_a_least_squares_reference():
     assert s == pytest.approx(ref[0], rel=1e-5)
     np.testing.assert_allclose(R, Rotation.from_rotvec(ref[1:4]).as_matrix(), atol=1e-5)
     np.testing.assert_allclose(t, ref[4:], atol=1e-5)
+
+
+def test_bare_image_folder_without_poses_is_refused_before_the_run_folder_exists(tiny, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny / "color", photos)
+    out = tmp_path / "run"
+    p = run("run", "configs/demo.yaml", "--scene.path", str(photos), "--scene.format", "auto", "--output.dir", str(out),
+            "--segment.kind", "none")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (f"error: {photos}: a bare image folder has no camera poses; pass "
+                                                 "--scene.poses colmap (structure from motion) or --scene.poses pointmaps")
+    assert not out.exists()
